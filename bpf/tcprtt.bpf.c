@@ -1,0 +1,497 @@
+//go:build ignore
+
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+//
+// tcprtt: on every segment received on an established TCP connection, put
+// the socket's smoothed RTT (tcp_sock.srtt_us, in 1/8 µs) into an exact
+// OpenTelemetry exponential-histogram bucket of the socket's series.
+//
+// Layout of the kernel state (all sized by user space before load):
+//   series_index  hash   series key (masked 4-tuple) -> {slot, generation}
+//   free_slots    queue  slots not yet given to a series
+//   counts        array  one row of u64 per slot: [generation, sum of raw
+//                        srtt, zero count, bucket 0, bucket 1, ...]; the last
+//                        row (slot == cfg_max_series) is the overflow series
+//   sk_series     sk_storage  per-socket cache of the slot (or "filtered"),
+//                        so the per-segment path does no hashing at all
+//   stats         percpu array  samples filtered out, samples not placed
+// Counts are only ever added to; user space computes deltas, so nothing is
+// lost between reads.
+
+#include <stdbool.h>
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+char __license[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+
+// Minimal CO-RE views of the kernel structs; the loader relocates the
+// offsets against the running kernel's BTF.
+struct in6_addr {
+	union {
+		__u8 u6_addr8[16];
+	} in6_u;
+} __attribute__((preserve_access_index));
+
+struct sock_common {
+	union {
+		struct {
+			__be32 skc_daddr;
+			__be32 skc_rcv_saddr;
+		};
+	};
+	union {
+		struct {
+			__be16 skc_dport;
+			__u16 skc_num;
+		};
+	};
+	short unsigned int skc_family;
+	struct in6_addr skc_v6_daddr;
+	struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+
+struct sock {
+	struct sock_common __sk_common;
+} __attribute__((preserve_access_index));
+
+struct tcp_sock {
+	__u32 srtt_us;
+} __attribute__((preserve_access_index));
+
+// The classic tracepoint's record; only skaddr is used (kernels whose
+// tcp_probe event carries it), everything else is read from the socket.
+struct trace_event_raw_tcp_probe {
+	const void *skaddr;
+} __attribute__((preserve_access_index));
+
+// group_by bits (cfg_group_by) and filter bits (cfg_filters).
+#define GROUP_LOCAL_ADDR (1 << 0)
+#define GROUP_REMOTE_ADDR (1 << 1)
+#define GROUP_LOCAL_PORT (1 << 2)
+#define GROUP_REMOTE_PORT (1 << 3)
+
+#define FILTER_LOCAL_PORT (1 << 0)
+#define FILTER_REMOTE_PORT (1 << 1)
+#define FILTER_LOCAL_ADDR (1 << 2)
+#define FILTER_REMOTE_ADDR (1 << 3)
+
+// Row layout of the counts array.
+#define ROW_GENERATION 0
+#define ROW_SUM 1
+#define ROW_ZERO 2
+#define ROW_BUCKETS 3
+
+#define SLOT_FILTERED 0xffffffff
+
+#define STAT_FILTERED 0
+#define STAT_ERRORS 1
+#define STAT_MAX 2
+
+#define BUCKET_TABLE_SIZE 512
+
+struct bucket_entry {
+	__u32 base;
+	__u32 threshold;
+};
+
+// Set by the loader before load (read-only afterwards, so the verifier
+// treats them as constants).
+const volatile __u32 cfg_group_by = GROUP_REMOTE_ADDR;
+const volatile __u32 cfg_filters = 0;
+const volatile __u32 cfg_scale = 3;
+const volatile __u32 cfg_stride = 0;
+const volatile __u32 cfg_max_series = 0;
+const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
+
+struct series_key {
+	__u8 local_addr[16];  // IPv4 as ::ffff:a.b.c.d
+	__u8 remote_addr[16];
+	__u16 local_port;     // host byte order
+	__u16 remote_port;
+	__u8 family;          // 4, 6, or 0 when nothing is grouped
+	__u8 pad[3];
+};
+
+struct series_ref {
+	__u32 slot;
+	__u32 generation;
+};
+
+// Address filter key: one trie for both directions, the direction byte
+// first so a prefix never matches across them.
+struct addr_filter_key {
+	__u32 prefixlen;
+	__u8 direction; // 0 local, 1 remote
+	__u8 addr[16];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1); // set by the loader
+	__type(key, struct series_key);
+	__type(value, struct series_ref);
+} series_index SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_QUEUE);
+	__uint(max_entries, 1); // set by the loader
+	__type(value, __u32);
+} free_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // user space reads rows in place
+	__uint(max_entries, 1); // set by the loader
+	__type(key, __u32);
+	__type(value, __u64);
+} counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct series_ref);
+} sk_series SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+// Port filters: 65536 bits per direction (local words 0..1023, remote
+// words 1024..2047).
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2048);
+	__type(key, __u32);
+	__type(value, __u64);
+} port_filter SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1); // set by the loader
+	__type(key, struct addr_filter_key);
+	__type(value, __u8);
+} addr_filter SEC(".maps");
+
+static __always_inline void count_stat(__u32 which)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &which);
+	if (v)
+		*v += 1; // per-CPU: no atomic needed
+}
+
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+// bucket_position returns the bucket of raw (> 0) relative to the bucket
+// of raw == 1. Doubling raw moves it exactly 2^scale buckets up, so the
+// octave gives the coarse position and one table read plus one compare on
+// the normalised mantissa gives the exact bucket (see internal/bucket).
+static __always_inline __u32 bucket_position(__u32 raw)
+{
+	__u32 k = log2_u32(raw);
+	__u32 norm = raw << (31 - k);
+	__u32 t = (norm >> 22) & (BUCKET_TABLE_SIZE - 1);
+	__u32 pos = (k << cfg_scale) + cfg_buckets[t].base;
+
+	if (norm > cfg_buckets[t].threshold)
+		pos++;
+	return pos;
+}
+
+static __always_inline __u64 *row_word(__u32 slot, __u32 word)
+{
+	__u32 i = slot * cfg_stride + word;
+
+	return bpf_map_lookup_elem(&counts, &i);
+}
+
+// add_sample counts raw into the row of ref; false if the row was
+// recycled since ref was taken (the caller then resolves again).
+static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
+{
+	__u64 *generation, *sum, *bucket;
+	__u32 word = ROW_ZERO;
+
+	generation = row_word(ref->slot, ROW_GENERATION);
+	if (!generation || (__u32)*generation != ref->generation)
+		return false;
+	if (raw)
+		word = ROW_BUCKETS + bucket_position(raw);
+	bucket = row_word(ref->slot, word);
+	sum = row_word(ref->slot, ROW_SUM);
+	if (!bucket || !sum)
+		return false;
+	__sync_fetch_and_add(bucket, 1);
+	__sync_fetch_and_add(sum, raw);
+	return true;
+}
+
+static __always_inline void add_to_overflow(__u32 raw)
+{
+	struct series_ref overflow = { .slot = cfg_max_series, .generation = 0 };
+
+	if (!add_sample(&overflow, raw))
+		count_stat(STAT_ERRORS);
+}
+
+static __always_inline __u32 read_srtt(struct sock *sk)
+{
+	return BPF_CORE_READ((struct tcp_sock *)sk, srtt_us);
+}
+
+static __always_inline bool is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+static __always_inline void set_v4_mapped(__u8 *a, __be32 v4)
+{
+	__u32 *w = (__u32 *)a;
+
+	w[0] = 0;
+	w[1] = 0;
+	w[2] = bpf_htonl(0x0000ffff);
+	w[3] = v4;
+}
+
+// read_tuple fills key with the socket's full 4-tuple; false for families
+// other than IPv4/IPv6.
+static __always_inline bool read_tuple(struct sock *sk, struct series_key *key)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+
+	if (family == AF_INET) {
+		set_v4_mapped(key->local_addr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
+		set_v4_mapped(key->remote_addr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
+		key->family = 4;
+	} else if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&key->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&key->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		key->family = is_v4_mapped(key->remote_addr) ? 4 : 6;
+	} else {
+		return false;
+	}
+	key->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	key->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	return true;
+}
+
+static __always_inline bool port_allowed(__u32 direction, __u16 port)
+{
+	__u32 word = direction * 1024 + (port >> 6);
+	__u64 *bits = bpf_map_lookup_elem(&port_filter, &word);
+
+	return bits && (*bits & (1ULL << (port & 63)));
+}
+
+static __always_inline bool addr_allowed(__u8 direction, const __u8 *addr)
+{
+	struct addr_filter_key k = { .prefixlen = 8 + 128, .direction = direction };
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&addr_filter, &k) != NULL;
+}
+
+static __always_inline bool tuple_allowed(struct series_key *t)
+{
+	if ((cfg_filters & FILTER_LOCAL_PORT) && !port_allowed(0, t->local_port))
+		return false;
+	if ((cfg_filters & FILTER_REMOTE_PORT) && !port_allowed(1, t->remote_port))
+		return false;
+	if ((cfg_filters & FILTER_LOCAL_ADDR) && !addr_allowed(0, t->local_addr))
+		return false;
+	if ((cfg_filters & FILTER_REMOTE_ADDR) && !addr_allowed(1, t->remote_addr))
+		return false;
+	return true;
+}
+
+// mask_tuple keeps only the grouped fields, turning the tuple into the
+// series key.
+static __always_inline void mask_tuple(struct series_key *k)
+{
+	if (!(cfg_group_by & GROUP_LOCAL_ADDR))
+		__builtin_memset(k->local_addr, 0, 16);
+	if (!(cfg_group_by & GROUP_REMOTE_ADDR))
+		__builtin_memset(k->remote_addr, 0, 16);
+	if (!(cfg_group_by & GROUP_LOCAL_PORT))
+		k->local_port = 0;
+	if (!(cfg_group_by & GROUP_REMOTE_PORT))
+		k->remote_port = 0;
+	if (!cfg_group_by)
+		k->family = 0;
+}
+
+// lookup_series returns the series of key, giving it a free slot on first
+// sight. With no slot left the sample belongs to the overflow series,
+// which is not remembered, so a slot freed later can still be taken.
+static __always_inline struct series_ref lookup_series(struct series_key *key)
+{
+	struct series_ref ref = { .slot = cfg_max_series, .generation = 0 };
+	struct series_ref *found;
+	__u64 *generation;
+	__u32 slot;
+
+	found = bpf_map_lookup_elem(&series_index, key);
+	if (found)
+		return *found;
+	if (bpf_map_pop_elem(&free_slots, &slot))
+		return ref;
+	generation = row_word(slot, ROW_GENERATION);
+	if (!generation) {
+		bpf_map_push_elem(&free_slots, &slot, 0);
+		return ref;
+	}
+	ref.slot = slot;
+	ref.generation = (__u32)*generation;
+	if (bpf_map_update_elem(&series_index, key, &ref, BPF_NOEXIST)) {
+		// Another CPU inserted the same key first: use its slot.
+		bpf_map_push_elem(&free_slots, &slot, 0);
+		found = bpf_map_lookup_elem(&series_index, key);
+		if (found)
+			return *found;
+		ref.slot = cfg_max_series;
+		ref.generation = 0;
+	}
+	return ref;
+}
+
+// record handles one segment. With cache (BTF-typed socket pointers:
+// fentry, tp_btf) the socket's series lives in sk_storage and the common
+// path is one storage lookup plus two array adds.
+static __always_inline int record(struct sock *sk, const bool cache)
+{
+	struct series_ref *cached = NULL, ref;
+	struct series_key key = {};
+	__u32 raw;
+
+	if (!sk)
+		return 0;
+	raw = read_srtt(sk);
+
+	if (cache) {
+		cached = bpf_sk_storage_get(&sk_series, sk, 0, 0);
+		if (cached) {
+			if (cached->slot == SLOT_FILTERED) {
+				count_stat(STAT_FILTERED);
+				return 0;
+			}
+			if (add_sample(cached, raw))
+				return 0;
+		}
+	}
+
+	if (!read_tuple(sk, &key)) {
+		count_stat(STAT_ERRORS);
+		return 0;
+	}
+	if (!tuple_allowed(&key)) {
+		if (cache) {
+			struct series_ref filtered = { .slot = SLOT_FILTERED };
+
+			bpf_sk_storage_get(&sk_series, sk, &filtered, BPF_SK_STORAGE_GET_F_CREATE);
+		}
+		count_stat(STAT_FILTERED);
+		return 0;
+	}
+	mask_tuple(&key);
+	ref = lookup_series(&key);
+
+	if (cache && ref.slot != cfg_max_series) {
+		if (cached) {
+			*cached = ref;
+		} else {
+			bpf_sk_storage_get(&sk_series, sk, &ref, BPF_SK_STORAGE_GET_F_CREATE);
+		}
+	}
+	if (!add_sample(&ref, raw))
+		add_to_overflow(raw);
+	return 0;
+}
+
+SEC("fentry/tcp_rcv_established")
+int BPF_PROG(tcprtt_fentry, struct sock *sk)
+{
+	return record(sk, true);
+}
+
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(tcprtt_tp_btf, struct sock *sk)
+{
+	return record(sk, true);
+}
+
+SEC("raw_tp/tcp_probe")
+int tcprtt_raw_tp(struct bpf_raw_tracepoint_args *ctx)
+{
+	return record((struct sock *)ctx->args[0], false);
+}
+
+SEC("tracepoint/tcp/tcp_probe")
+int tcprtt_tracepoint(struct trace_event_raw_tcp_probe *ctx)
+{
+	if (!bpf_core_field_exists(ctx->skaddr)) {
+		count_stat(STAT_ERRORS);
+		return 0;
+	}
+	return record((struct sock *)BPF_CORE_READ(ctx, skaddr), false);
+}
+
+// bucket_selftest maps selftest_raw[i] to selftest_pos[i] with the same
+// code the hooks use, so tests can check the kernel's bucket choice
+// against the Go reference for any value (it is run with BPF_PROG_RUN and
+// never attached).
+#define SELFTEST_BATCH 1024
+
+struct selftest_values {
+	__u32 v[SELFTEST_BATCH];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2); // 0: raw values in, 1: positions out
+	__type(key, __u32);
+	__type(value, struct selftest_values);
+} selftest SEC(".maps");
+
+SEC("raw_tp")
+int bucket_selftest(void *ctx)
+{
+	__u32 in = 0, out = 1;
+	struct selftest_values *raw = bpf_map_lookup_elem(&selftest, &in);
+	struct selftest_values *pos = bpf_map_lookup_elem(&selftest, &out);
+
+	if (!raw || !pos)
+		return 1;
+	for (__u32 i = 0; i < SELFTEST_BATCH; i++)
+		pos->v[i] = raw->v[i] ? bucket_position(raw->v[i]) : 0xffffffff;
+	return 0;
+}

@@ -1,0 +1,204 @@
+// Package kmaps describes the kernel maps of the tcprtt program in pure Go:
+// the series key and reference layouts, the row layout of the counts array,
+// and the decoding of a snapshot of those maps into series. It has no
+// dependency on the kernel, so all of it is testable without root.
+package kmaps
+
+import (
+	"fmt"
+	"net/netip"
+)
+
+// GroupBy is the set of socket fields that distinguish series; the bits
+// match cfg_group_by in bpf/tcprtt.bpf.c.
+type GroupBy uint32
+
+const (
+	GroupLocalAddress GroupBy = 1 << iota
+	GroupRemoteAddress
+	GroupLocalPort
+	GroupRemotePort
+)
+
+// Has reports whether all fields of f are grouped.
+func (g GroupBy) Has(f GroupBy) bool { return g&f == f }
+
+// Filters is the set of active filters; the bits match cfg_filters.
+type Filters uint32
+
+const (
+	FilterLocalPort Filters = 1 << iota
+	FilterRemotePort
+	FilterLocalAddress
+	FilterRemoteAddress
+)
+
+// Direction selects the local or remote side of a socket in the filter
+// maps.
+type Direction uint8
+
+const (
+	Local  Direction = 0
+	Remote Direction = 1
+)
+
+// PortFilterWords is the number of u64 words of the port_filter array:
+// 65536 bits per direction.
+const PortFilterWords = 2 * 1024
+
+// PortFilterIndex returns the port_filter word and bit of port in dir.
+func PortFilterIndex(dir Direction, port uint16) (word uint32, bit uint64) {
+	return uint32(dir)*1024 + uint32(port>>6), 1 << (port & 63)
+}
+
+// Key is struct series_key: the grouped fields of a socket's 4-tuple,
+// the others zero. Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
+type Key struct {
+	LocalAddr  [16]byte
+	RemoteAddr [16]byte
+	LocalPort  uint16 // host byte order
+	RemotePort uint16
+	Family     uint8 // 4, 6, or 0 when nothing is grouped
+	_          [3]uint8
+}
+
+// KeySize is the size of struct series_key.
+const KeySize = 40
+
+// LocalAddress returns the local address, unmapped to IPv4 for IPv4 keys.
+func (k Key) LocalAddress() netip.Addr { return k.addr(k.LocalAddr) }
+
+// RemoteAddress returns the remote address, unmapped to IPv4 for IPv4 keys.
+func (k Key) RemoteAddress() netip.Addr { return k.addr(k.RemoteAddr) }
+
+func (k Key) addr(b [16]byte) netip.Addr {
+	a := netip.AddrFrom16(b)
+	if k.Family == 4 {
+		return a.Unmap()
+	}
+	return a
+}
+
+// NetworkType is the semantic-convention network.type of the key.
+func (k Key) NetworkType() string {
+	switch k.Family {
+	case 4:
+		return "ipv4"
+	case 6:
+		return "ipv6"
+	}
+	return ""
+}
+
+// Ref is struct series_ref: the counts row of a series and the row's
+// generation when the series took it.
+type Ref struct {
+	Slot       uint32
+	Generation uint32
+}
+
+// AddrFilterKey is struct addr_filter_key, the LPM trie key of the address
+// filters. Prefixlen counts the direction byte's 8 bits.
+type AddrFilterKey struct {
+	Prefixlen uint32
+	Direction Direction
+	Addr      [16]byte
+	_         [3]byte
+}
+
+// NewAddrFilterKey returns the trie key matching prefix on side dir. IPv4
+// prefixes are stored v4-mapped, as the program stores IPv4 addresses.
+func NewAddrFilterKey(dir Direction, prefix netip.Prefix) AddrFilterKey {
+	bits := prefix.Bits()
+	if prefix.Addr().Is4() {
+		bits += 96
+	}
+	return AddrFilterKey{
+		Prefixlen: uint32(8 + bits),
+		Direction: dir,
+		Addr:      prefix.Addr().As16(),
+	}
+}
+
+// Row layout of the counts array, in u64 words.
+const (
+	RowGeneration = 0
+	RowSum        = 1
+	RowZero       = 2
+	RowBuckets    = 3
+)
+
+// Layout is the geometry of the counts array.
+type Layout struct {
+	NumBuckets uint32 // buckets per row (positions 0..NumBuckets-1)
+	MaxSeries  uint32 // rows 0..MaxSeries-1 belong to series; row MaxSeries is the overflow
+}
+
+// Stride is the number of u64 words per row.
+func (l Layout) Stride() uint32 { return RowBuckets + l.NumBuckets }
+
+// Rows is the number of rows, the overflow row included.
+func (l Layout) Rows() uint32 { return l.MaxSeries + 1 }
+
+// Entries is the number of u64 words of the counts array.
+func (l Layout) Entries() uint64 { return uint64(l.Rows()) * uint64(l.Stride()) }
+
+// OverflowSlot is the row of the overflow series.
+func (l Layout) OverflowSlot() uint32 { return l.MaxSeries }
+
+// Validate checks that the counts array is addressable with the u32
+// indices the program uses.
+func (l Layout) Validate() error {
+	if l.NumBuckets == 0 || l.MaxSeries == 0 {
+		return fmt.Errorf("empty layout %+v", l)
+	}
+	if l.Entries() > 1<<32-1 {
+		return fmt.Errorf("%d rows of %d words exceed the kernel array's u32 index", l.Rows(), l.Stride())
+	}
+	return nil
+}
+
+// Stats are the program's counters besides the histograms.
+type Stats struct {
+	Filtered uint64 // samples of sockets excluded by the filters
+	Errors   uint64 // samples that could not be read or placed (expected 0)
+}
+
+// Series is one row of counts, decoded.
+type Series struct {
+	Key        Key
+	Overflow   bool // the row of samples that found no free series
+	Slot       uint32
+	Generation uint32
+	Sum        uint64 // of raw srtt values, 1/8 µs
+	Zero       uint64 // samples with srtt 0
+	Buckets    []uint64
+}
+
+// Count is the number of samples of the series.
+func (s *Series) Count() uint64 {
+	n := s.Zero
+	for _, c := range s.Buckets {
+		n += c
+	}
+	return n
+}
+
+// Snapshot is one read of the kernel maps.
+type Snapshot struct {
+	Series []Series
+	Stats  Stats
+}
+
+// DecodeRow fills s from a row of the counts array. s.Buckets aliases row,
+// so a snapshot keeps its rows in one buffer and decodes without copying.
+func DecodeRow(row []uint64, l Layout, s *Series) error {
+	if uint32(len(row)) != l.Stride() {
+		return fmt.Errorf("row of %d words, layout wants %d", len(row), l.Stride())
+	}
+	s.Generation = uint32(row[RowGeneration])
+	s.Sum = row[RowSum]
+	s.Zero = row[RowZero]
+	s.Buckets = row[RowBuckets:]
+	return nil
+}

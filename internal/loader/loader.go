@@ -1,0 +1,116 @@
+// Package loader loads the tcprtt eBPF program configured for one receiver,
+// attaches it with the first flavour the running kernel accepts, and reads
+// its maps into kmaps snapshots.
+package loader
+
+import (
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/tcprtt/tcprtt/internal/bucket"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+)
+
+// Mode is an attach flavour of the program.
+type Mode string
+
+const (
+	ModeAuto       Mode = "auto"
+	ModeFentry     Mode = "fentry"     // fentry/tcp_rcv_established
+	ModeTpBtf      Mode = "tp_btf"     // tp_btf/tcp_probe
+	ModeRawTp      Mode = "raw_tp"     // raw_tp/tcp_probe
+	ModeTracepoint Mode = "tracepoint" // tracepoint/tcp/tcp_probe
+)
+
+// AutoOrder is the order in which ModeAuto tries the flavours: cheapest
+// first. fentry and tp_btf cache each socket's series in socket storage;
+// raw_tp and the classic tracepoint resolve it on every segment.
+var AutoOrder = []Mode{ModeFentry, ModeTpBtf, ModeRawTp, ModeTracepoint}
+
+// Modes lists every valid Mode, for validation and docs.
+func Modes() []Mode { return append([]Mode{ModeAuto}, AutoOrder...) }
+
+// Valid reports whether m is a known mode.
+func (m Mode) Valid() bool {
+	for _, v := range Modes() {
+		if m == v {
+			return true
+		}
+	}
+	return false
+}
+
+// Requirement is appended to the error when no flavour attaches.
+const Requirement = "tcprtt needs Linux >= 5.8 with BTF (/sys/kernel/btf/vmlinux) " +
+	"and CAP_BPF and CAP_PERFMON (or root)"
+
+// Spec is what one program instance counts and how.
+type Spec struct {
+	Mode      Mode
+	GroupBy   kmaps.GroupBy
+	Table     *bucket.Table
+	MaxSeries uint32
+
+	LocalPorts     []uint16
+	RemotePorts    []uint16
+	LocalPrefixes  []netip.Prefix
+	RemotePrefixes []netip.Prefix
+}
+
+// Layout returns the counts array geometry of s.
+func (s *Spec) Layout() kmaps.Layout {
+	return kmaps.Layout{NumBuckets: s.Table.NumBuckets, MaxSeries: s.MaxSeries}
+}
+
+// Filters returns the active filter bits of s.
+func (s *Spec) Filters() kmaps.Filters {
+	var f kmaps.Filters
+	if len(s.LocalPorts) > 0 {
+		f |= kmaps.FilterLocalPort
+	}
+	if len(s.RemotePorts) > 0 {
+		f |= kmaps.FilterRemotePort
+	}
+	if len(s.LocalPrefixes) > 0 {
+		f |= kmaps.FilterLocalAddress
+	}
+	if len(s.RemotePrefixes) > 0 {
+		f |= kmaps.FilterRemoteAddress
+	}
+	return f
+}
+
+// Attempt is the outcome of trying one attach flavour.
+type Attempt struct {
+	Mode Mode
+	Err  error // nil for the flavour that attached
+}
+
+// AttachError reports that no flavour could be attached.
+type AttachError struct {
+	Attempts []Attempt
+}
+
+func (e *AttachError) Error() string {
+	var b strings.Builder
+	b.WriteString("no attach flavour of the tcprtt program worked (")
+	for i, a := range e.Attempts {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "%s: %v", a.Mode, a.Err)
+	}
+	b.WriteString("); ")
+	b.WriteString(Requirement)
+	return b.String()
+}
+
+// Unwrap exposes the attempts' errors to errors.Is.
+func (e *AttachError) Unwrap() []error {
+	errs := make([]error, 0, len(e.Attempts))
+	for _, a := range e.Attempts {
+		errs = append(errs, a.Err)
+	}
+	return errs
+}

@@ -1,0 +1,412 @@
+//go:build linux
+
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcprtt/tcprtt/bpf"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+)
+
+// Program names per mode, from the bpf2go output.
+var programOf = map[Mode]string{
+	ModeFentry:     bpf.TcprttProgTcprttFentry,
+	ModeTpBtf:      bpf.TcprttProgTcprttTpBtf,
+	ModeRawTp:      bpf.TcprttProgTcprttRawTp,
+	ModeTracepoint: bpf.TcprttProgTcprttTracepoint,
+}
+
+var (
+	parsedOnce sync.Once
+	parsed     *ebpf.CollectionSpec
+	parseErr   error
+)
+
+// collectionSpec returns a private copy of the embedded program's spec.
+func collectionSpec() (*ebpf.CollectionSpec, error) {
+	parsedOnce.Do(func() { parsed, parseErr = bpf.LoadTcprtt() })
+	if parseErr != nil {
+		return nil, fmt.Errorf("parse embedded tcprtt program: %w", parseErr)
+	}
+	return parsed.Copy(), nil
+}
+
+// Tracer is one loaded and attached instance of the program.
+type Tracer struct {
+	spec       Spec
+	layout     kmaps.Layout
+	mode       Mode
+	attempts   []Attempt
+	attachedAt time.Time
+
+	coll   *ebpf.Collection
+	prog   *ebpf.Program
+	link   link.Link
+	index  *ebpf.Map
+	stats  *ebpf.Map
+	counts []byte // the counts array, mmapped
+
+	// Reused across reads.
+	keys []kmaps.Key
+	refs []kmaps.Ref
+}
+
+// Open loads and attaches the program for spec. In ModeAuto it tries the
+// flavours of AutoOrder until one attaches; the returned Tracer reports
+// the attempts that failed before it. If none attaches the error is an
+// *AttachError listing every attempt.
+func Open(spec Spec) (*Tracer, error) {
+	if err := checkCapabilities(); err != nil {
+		return nil, err
+	}
+	if spec.Table == nil {
+		return nil, errors.New("loader: spec has no bucket table")
+	}
+	if err := spec.Layout().Validate(); err != nil {
+		return nil, fmt.Errorf("loader: %w", err)
+	}
+	modes := []Mode{spec.Mode}
+	if spec.Mode == ModeAuto || spec.Mode == "" {
+		modes = AutoOrder
+	}
+	var attempts []Attempt
+	for _, m := range modes {
+		t, err := open(spec, m)
+		if err == nil {
+			t.attempts = attempts
+			return t, nil
+		}
+		attempts = append(attempts, Attempt{Mode: m, Err: err})
+	}
+	return nil, &AttachError{Attempts: attempts}
+}
+
+func open(spec Spec, mode Mode) (_ *Tracer, err error) {
+	progName, ok := programOf[mode]
+	if !ok {
+		return nil, fmt.Errorf("unknown attach mode %q", mode)
+	}
+	cs, err := collectionSpec()
+	if err != nil {
+		return nil, err
+	}
+	for name := range cs.Programs {
+		if name != progName {
+			delete(cs.Programs, name)
+		}
+	}
+	delete(cs.Maps, bpf.TcprttMapSelftest)
+	if err := configure(cs, &spec); err != nil {
+		return nil, err
+	}
+
+	coll, err := ebpf.NewCollection(cs)
+	if errors.Is(err, unix.EPERM) {
+		// cilium/ebpf's hint about MEMLOCK does not apply to kernels with
+		// memcg accounting (5.11+); say plainly that the kernel refused.
+		return nil, fmt.Errorf("load refused by the kernel: %w", unix.EPERM)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	t := &Tracer{
+		spec:   spec,
+		layout: spec.Layout(),
+		mode:   mode,
+		coll:   coll,
+		prog:   coll.Programs[progName],
+		index:  coll.Maps[bpf.TcprttMapSeriesIndex],
+		stats:  coll.Maps[bpf.TcprttMapStats],
+	}
+	defer func() {
+		if err != nil {
+			t.Close()
+		}
+	}()
+	if err := t.fillMaps(); err != nil {
+		return nil, err
+	}
+	t.counts, err = mmapArray(coll.Maps[bpf.TcprttMapCounts])
+	if err != nil {
+		return nil, err
+	}
+	t.attachedAt = time.Now()
+	t.link, err = attach(mode, t.prog)
+	if err != nil {
+		return nil, fmt.Errorf("attach: %w", err)
+	}
+	return t, nil
+}
+
+// configure sets the program's constants and map sizes from spec.
+func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
+	layout := spec.Layout()
+	var table [len(spec.Table.Entries)]bpf.TcprttBucketEntry
+	for i, e := range spec.Table.Entries {
+		table[i] = bpf.TcprttBucketEntry{Base: e.Base, Threshold: e.Threshold}
+	}
+	vars := map[string]any{
+		bpf.TcprttVarCfgGroupBy:   uint32(spec.GroupBy),
+		bpf.TcprttVarCfgFilters:   uint32(spec.Filters()),
+		bpf.TcprttVarCfgScale:     uint32(spec.Table.Scale),
+		bpf.TcprttVarCfgStride:    layout.Stride(),
+		bpf.TcprttVarCfgMaxSeries: layout.MaxSeries,
+		bpf.TcprttVarCfgBuckets:   table,
+	}
+	for name, v := range vars {
+		vs, ok := cs.Variables[name]
+		if !ok {
+			return fmt.Errorf("embedded program lacks variable %s", name)
+		}
+		if err := vs.Set(v); err != nil {
+			return fmt.Errorf("set %s: %w", name, err)
+		}
+	}
+	cs.Maps[bpf.TcprttMapSeriesIndex].MaxEntries = layout.MaxSeries
+	cs.Maps[bpf.TcprttMapFreeSlots].MaxEntries = layout.MaxSeries
+	cs.Maps[bpf.TcprttMapCounts].MaxEntries = uint32(layout.Entries())
+	cs.Maps[bpf.TcprttMapAddrFilter].MaxEntries = uint32(max(1, len(spec.LocalPrefixes)+len(spec.RemotePrefixes)))
+	return nil
+}
+
+// fillMaps hands every series slot to the free queue and writes the
+// filters, before the program is attached.
+func (t *Tracer) fillMaps() error {
+	free := t.coll.Maps[bpf.TcprttMapFreeSlots]
+	for slot := range t.layout.MaxSeries {
+		if err := free.Update(nil, slot, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("fill free slot queue: %w", err)
+		}
+	}
+	ports := t.coll.Maps[bpf.TcprttMapPortFilter]
+	words := map[uint32]uint64{}
+	for _, p := range t.spec.LocalPorts {
+		w, bit := kmaps.PortFilterIndex(kmaps.Local, p)
+		words[w] |= bit
+	}
+	for _, p := range t.spec.RemotePorts {
+		w, bit := kmaps.PortFilterIndex(kmaps.Remote, p)
+		words[w] |= bit
+	}
+	for w, bits := range words {
+		if err := ports.Put(w, bits); err != nil {
+			return fmt.Errorf("write port filter: %w", err)
+		}
+	}
+	addrs := t.coll.Maps[bpf.TcprttMapAddrFilter]
+	for _, p := range t.spec.LocalPrefixes {
+		if err := addrs.Put(kmaps.NewAddrFilterKey(kmaps.Local, p), uint8(1)); err != nil {
+			return fmt.Errorf("write local address filter %s: %w", p, err)
+		}
+	}
+	for _, p := range t.spec.RemotePrefixes {
+		if err := addrs.Put(kmaps.NewAddrFilterKey(kmaps.Remote, p), uint8(1)); err != nil {
+			return fmt.Errorf("write remote address filter %s: %w", p, err)
+		}
+	}
+	return nil
+}
+
+func mmapArray(m *ebpf.Map) ([]byte, error) {
+	size := int(m.MaxEntries()) * int(m.ValueSize())
+	page := os.Getpagesize()
+	size = (size + page - 1) / page * page
+	b, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("mmap counts array: %w", err)
+	}
+	return b, nil
+}
+
+func attach(mode Mode, prog *ebpf.Program) (link.Link, error) {
+	switch mode {
+	case ModeFentry, ModeTpBtf:
+		return link.AttachTracing(link.TracingOptions{Program: prog})
+	case ModeRawTp:
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "tcp_probe", Program: prog})
+	case ModeTracepoint:
+		return link.Tracepoint("tcp", "tcp_probe", prog, nil)
+	}
+	return nil, fmt.Errorf("unknown attach mode %q", mode)
+}
+
+// Mode returns the flavour that attached.
+func (t *Tracer) Mode() Mode { return t.mode }
+
+// Attempts returns the flavours tried and refused before Mode.
+func (t *Tracer) Attempts() []Attempt { return t.attempts }
+
+// AttachedAt is when the program started counting: the start time of
+// every cumulative series.
+func (t *Tracer) AttachedAt() time.Time { return t.attachedAt }
+
+// Layout returns the counts array geometry.
+func (t *Tracer) Layout() kmaps.Layout { return t.layout }
+
+// Program returns the attached program (for run statistics).
+func (t *Tracer) Program() *ebpf.Program { return t.prog }
+
+// Read fills snap with the current state of the maps, reusing its
+// buffers. Rows are read in place from the mmapped counts array with
+// atomic loads, so a concurrent increment is never torn.
+func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
+	if t.coll == nil {
+		return errors.New("tcprtt program is closed")
+	}
+	if err := t.readIndex(); err != nil {
+		return err
+	}
+	stride := int(t.layout.Stride())
+	need := (len(t.keys) + 1) * stride
+	if cap(*rows) < need {
+		*rows = make([]uint64, need)
+	}
+	buf := (*rows)[:need]
+	snap.Series = snap.Series[:0]
+	for i, ref := range t.refs {
+		row := buf[i*stride : (i+1)*stride]
+		t.loadRow(ref.Slot, row)
+		if uint32(row[kmaps.RowGeneration]) != ref.Generation {
+			continue // recycled since the index was read
+		}
+		snap.Series = append(snap.Series, kmaps.Series{Key: t.keys[i], Slot: ref.Slot})
+		if err := kmaps.DecodeRow(row, t.layout, &snap.Series[len(snap.Series)-1]); err != nil {
+			return err
+		}
+	}
+	overflow := buf[len(t.keys)*stride:]
+	t.loadRow(t.layout.OverflowSlot(), overflow)
+	o := kmaps.Series{Overflow: true, Slot: t.layout.OverflowSlot()}
+	if err := kmaps.DecodeRow(overflow, t.layout, &o); err != nil {
+		return err
+	}
+	if o.Count() > 0 {
+		snap.Series = append(snap.Series, o)
+	}
+	var err error
+	snap.Stats, err = t.readStats()
+	return err
+}
+
+func (t *Tracer) loadRow(slot uint32, row []uint64) {
+	off := uintptr(slot) * uintptr(len(row)) * 8
+	base := unsafe.Pointer(unsafe.SliceData(t.counts))
+	for i := range row {
+		row[i] = atomic.LoadUint64((*uint64)(unsafe.Add(base, off+uintptr(i)*8)))
+	}
+}
+
+const indexBatch = 256
+
+// readIndex reads series_index into t.keys/t.refs with batched lookups.
+func (t *Tracer) readIndex() error {
+	t.keys, t.refs = t.keys[:0], t.refs[:0]
+	keys := make([]kmaps.Key, indexBatch)
+	refs := make([]kmaps.Ref, indexBatch)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := t.index.BatchLookup(&cursor, keys, refs, nil)
+		t.keys = append(t.keys, keys[:n]...)
+		t.refs = append(t.refs, refs[:n]...)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return t.iterateIndex()
+		}
+		if err != nil {
+			return fmt.Errorf("read series index: %w", err)
+		}
+	}
+}
+
+func (t *Tracer) iterateIndex() error {
+	t.keys, t.refs = t.keys[:0], t.refs[:0]
+	var k kmaps.Key
+	var r kmaps.Ref
+	it := t.index.Iterate()
+	for it.Next(&k, &r) {
+		t.keys = append(t.keys, k)
+		t.refs = append(t.refs, r)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read series index: %w", err)
+	}
+	return nil
+}
+
+func (t *Tracer) readStats() (kmaps.Stats, error) {
+	var s kmaps.Stats
+	var perCPU []uint64
+	for i, dst := range []*uint64{&s.Filtered, &s.Errors} {
+		if err := t.stats.Lookup(uint32(i), &perCPU); err != nil {
+			return s, fmt.Errorf("read stats: %w", err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return s, nil
+}
+
+// Close detaches the program and releases every kernel object of t. It is
+// safe to call more than once.
+func (t *Tracer) Close() error {
+	var errs []error
+	if t.link != nil {
+		errs = append(errs, t.link.Close())
+		t.link = nil
+	}
+	if t.counts != nil {
+		errs = append(errs, unix.Munmap(t.counts))
+		t.counts = nil
+	}
+	if t.coll != nil {
+		t.coll.Close()
+		t.coll = nil
+	}
+	return errors.Join(errs...)
+}
+
+// checkCapabilities fails early, with the names of what is missing, when
+// the process can certainly not load the program.
+func checkCapabilities() error {
+	eff, err := effectiveCapabilities()
+	if err != nil {
+		return nil // unknown: let the kernel decide
+	}
+	const capSysAdmin, capPerfmon, capBPF = 21, 38, 39
+	has := func(c uint) bool { return eff&(1<<c) != 0 }
+	if has(capSysAdmin) || (has(capBPF) && has(capPerfmon)) {
+		return nil
+	}
+	var missing []string
+	if !has(capBPF) {
+		missing = append(missing, "CAP_BPF")
+	}
+	if !has(capPerfmon) {
+		missing = append(missing, "CAP_PERFMON")
+	}
+	return fmt.Errorf("missing capabilities %v: %s; run as root or grant them "+
+		"(e.g. AmbientCapabilities=CAP_BPF CAP_PERFMON in a systemd unit)", missing, Requirement)
+}
+
+func effectiveCapabilities() (uint64, error) {
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return 0, err
+	}
+	return uint64(data[0].Effective) | uint64(data[1].Effective)<<32, nil
+}

@@ -1,0 +1,27 @@
+//go:build !linux
+
+package loader
+
+import (
+	"errors"
+	"time"
+
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+)
+
+// ErrNotLinux is returned by Open on every other OS: eBPF tracing of TCP
+// is Linux only.
+var ErrNotLinux = errors.New("tcprtt requires Linux (eBPF); this build runs on another OS")
+
+// Tracer is never created outside Linux.
+type Tracer struct{}
+
+// Open always fails outside Linux.
+func Open(Spec) (*Tracer, error) { return nil, ErrNotLinux }
+
+func (*Tracer) Mode() Mode                            { return "" }
+func (*Tracer) Attempts() []Attempt                   { return nil }
+func (*Tracer) AttachedAt() time.Time                 { return time.Time{} }
+func (*Tracer) Layout() kmaps.Layout                  { return kmaps.Layout{} }
+func (*Tracer) Read(*kmaps.Snapshot, *[]uint64) error { return ErrNotLinux }
+func (*Tracer) Close() error                          { return nil }
