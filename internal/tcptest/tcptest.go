@@ -1,0 +1,107 @@
+//go:build linux
+
+// Package tcptest generates real TCP request/response traffic between
+// chosen local addresses for the kernel tests, and reads a socket's own
+// TCP_INFO to compare with what the program recorded.
+package tcptest
+
+import (
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// MessageSize is the size of each request and response.
+const MessageSize = 32
+
+// Conn is one established connection whose server side echoes every
+// request back.
+type Conn struct {
+	Client *net.TCPConn
+	Server *net.TCPConn
+	buf    [MessageSize]byte
+}
+
+// Dial listens on server (port 0), connects to it from client (port 0) and
+// starts the echo side. Both are closed when the test ends.
+func Dial(t testing.TB, server, client netip.Addr) *Conn {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
+	if err != nil {
+		t.Fatalf("listen on %s: %v", server, err)
+	}
+	defer ln.Close()
+	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
+	nc, err := d.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("dial %s from %s: %v", ln.Addr(), client, err)
+	}
+	sc, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatalf("accept: %v", err)
+	}
+	c := &Conn{Client: nc.(*net.TCPConn), Server: sc}
+	_ = c.Client.SetNoDelay(true)
+	_ = c.Server.SetNoDelay(true)
+	go func() {
+		var b [MessageSize]byte
+		for {
+			if _, err := io.ReadFull(sc, b[:]); err != nil {
+				return
+			}
+			if _, err := sc.Write(b[:]); err != nil {
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		c.Client.Close()
+		c.Server.Close()
+	})
+	return c
+}
+
+// RoundTrips sends n requests and waits for each response.
+func (c *Conn) RoundTrips(t testing.TB, n int) {
+	t.Helper()
+	for range n {
+		if _, err := c.Client.Write(c.buf[:]); err != nil {
+			t.Fatalf("write request: %v", err)
+		}
+		if _, err := io.ReadFull(c.Client, c.buf[:]); err != nil {
+			t.Fatalf("read response: %v", err)
+		}
+	}
+}
+
+// ClientAddr and ServerAddr are the connection's two ends.
+func (c *Conn) ClientAddr() netip.AddrPort { return c.Client.LocalAddr().(*net.TCPAddr).AddrPort() }
+func (c *Conn) ServerAddr() netip.AddrPort { return c.Client.RemoteAddr().(*net.TCPAddr).AddrPort() }
+
+// ClientInfo returns the client socket's TCP_INFO.
+func (c *Conn) ClientInfo(t testing.TB) *unix.TCPInfo {
+	t.Helper()
+	return info(t, c.Client)
+}
+
+func info(t testing.TB, conn *net.TCPConn) *unix.TCPInfo {
+	t.Helper()
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ti *unix.TCPInfo
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		ti, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if serr != nil {
+		t.Fatalf("TCP_INFO: %v", serr)
+	}
+	return ti
+}

@@ -1,0 +1,268 @@
+package tcprttreceiver
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"go.opentelemetry.io/collector/scraper/scraperhelper"
+
+	"github.com/tcprtt/tcprtt/internal/bucket"
+	"github.com/tcprtt/tcprtt/internal/convert"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/loader"
+)
+
+// Config is the configuration of the tcprtt receiver. Every key is
+// documented, with its default, in README.md.
+type Config struct {
+	scraperhelper.ControllerConfig `mapstructure:",squash"`
+
+	// GroupBy lists the socket fields that distinguish series:
+	// local_address, remote_address, local_port, remote_port. Empty gives
+	// one histogram for the whole host.
+	GroupBy []string `mapstructure:"group_by"`
+	// Filter restricts which sockets are measured.
+	Filter FilterConfig `mapstructure:"filter"`
+	// Scale is the exponential histogram scale, 0..8.
+	Scale int `mapstructure:"scale"`
+	// Unit of the exported values: s, ms or us.
+	Unit string `mapstructure:"unit"`
+	// Temporality of the exported points: cumulative or delta.
+	Temporality string `mapstructure:"temporality"`
+	// MaxSeries bounds the number of distinct attribute sets; samples of
+	// further sets go to one overflow series.
+	MaxSeries int `mapstructure:"max_series"`
+	// AttachMode forces one attach flavour; auto tries them in order.
+	AttachMode string `mapstructure:"attach_mode"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// FilterConfig restricts measurement to sockets matching every non-empty
+// list (within a list, any entry may match).
+type FilterConfig struct {
+	LocalPorts      []int    `mapstructure:"local_ports"`
+	RemotePorts     []int    `mapstructure:"remote_ports"`
+	LocalAddresses  []string `mapstructure:"local_addresses"`
+	RemoteAddresses []string `mapstructure:"remote_addresses"`
+
+	// prevent unkeyed literal initialization
+	_ struct{}
+}
+
+// group_by values.
+const (
+	groupLocalAddress  = "local_address"
+	groupRemoteAddress = "remote_address"
+	groupLocalPort     = "local_port"
+	groupRemotePort    = "remote_port"
+)
+
+var groupBits = map[string]kmaps.GroupBy{
+	groupLocalAddress:  kmaps.GroupLocalAddress,
+	groupRemoteAddress: kmaps.GroupRemoteAddress,
+	groupLocalPort:     kmaps.GroupLocalPort,
+	groupRemotePort:    kmaps.GroupRemotePort,
+}
+
+// Defaults.
+const (
+	defaultCollectionInterval = 10 * time.Second
+	defaultScale              = 3
+	defaultUnit               = bucket.Seconds
+	defaultTemporality        = convert.Cumulative
+	defaultMaxSeries          = 1000
+	defaultAttachMode         = loader.ModeAuto
+
+	// maxSeriesLimit keeps the kernel's series index reasonable; the counts
+	// array is bounded separately by maxKernelBytes.
+	maxSeriesLimit = 1_000_000
+	// maxKernelBytes bounds the counts array (max_series+1 rows of
+	// 3 + buckets u64 words), so a typo cannot pin gigabytes of kernel memory.
+	maxKernelBytes = 1 << 30
+)
+
+func createDefaultConfig() *Config {
+	cc := scraperhelper.NewDefaultControllerConfig()
+	cc.CollectionInterval = defaultCollectionInterval
+	return &Config{
+		ControllerConfig: cc,
+		GroupBy:          []string{groupRemoteAddress},
+		Scale:            defaultScale,
+		Unit:             string(defaultUnit),
+		Temporality:      string(defaultTemporality),
+		MaxSeries:        defaultMaxSeries,
+		AttachMode:       string(defaultAttachMode),
+	}
+}
+
+// Validate checks every key and names the bad ones with their values.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(key string, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+	}
+
+	if _, err := c.groupBy(); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parsePorts("filter.local_ports", c.Filter.LocalPorts); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parsePorts("filter.remote_ports", c.Filter.RemotePorts); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parsePrefixes("filter.local_addresses", c.Filter.LocalAddresses); err != nil {
+		errs = append(errs, err)
+	}
+	if _, err := parsePrefixes("filter.remote_addresses", c.Filter.RemoteAddresses); err != nil {
+		errs = append(errs, err)
+	}
+	scaleOK := c.Scale >= bucket.MinScale && c.Scale <= bucket.MaxScale
+	if !scaleOK {
+		bad("scale", "%d is out of range %d..%d", c.Scale, bucket.MinScale, bucket.MaxScale)
+	}
+	unitOK := bucket.Unit(c.Unit).Valid()
+	if !unitOK {
+		bad("unit", "%q is not one of s, ms, us", c.Unit)
+	}
+	if t := convert.Temporality(c.Temporality); t != convert.Cumulative && t != convert.Delta {
+		bad("temporality", "%q is not one of cumulative, delta", c.Temporality)
+	}
+	if c.MaxSeries < 1 || c.MaxSeries > maxSeriesLimit {
+		bad("max_series", "%d is out of range 1..%d", c.MaxSeries, maxSeriesLimit)
+	} else if scaleOK && unitOK {
+		if bytes := c.kernelBytes(); bytes > maxKernelBytes {
+			bad("max_series", "%d at scale %d needs %d MiB of kernel memory for counts, more than the %d MiB limit; "+
+				"lower max_series or scale", c.MaxSeries, c.Scale, bytes>>20, maxKernelBytes>>20)
+		}
+	}
+	if !loader.Mode(c.AttachMode).Valid() {
+		bad("attach_mode", "%q is not one of %s", c.AttachMode, joinModes())
+	}
+	if c.CollectionInterval <= 0 {
+		bad("collection_interval", "%s must be positive", c.CollectionInterval)
+	}
+	return errors.Join(errs...)
+}
+
+// kernelBytes is the size of the counts array for c (scale and unit valid).
+func (c *Config) kernelBytes() uint64 {
+	t, err := bucket.NewTable(c.Scale, bucket.Unit(c.Unit))
+	if err != nil {
+		return 0
+	}
+	l := kmaps.Layout{NumBuckets: t.NumBuckets, MaxSeries: uint32(c.MaxSeries)}
+	return l.Entries() * 8
+}
+
+func joinModes() string {
+	var names []string
+	for _, m := range loader.Modes() {
+		names = append(names, string(m))
+	}
+	return strings.Join(names, ", ")
+}
+
+func (c *Config) groupBy() (kmaps.GroupBy, error) {
+	var g kmaps.GroupBy
+	var errs []error
+	for i, name := range c.GroupBy {
+		bit, ok := groupBits[name]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("group_by[%d]: %q is not one of local_address, remote_address, local_port, remote_port", i, name))
+		case g.Has(bit):
+			errs = append(errs, fmt.Errorf("group_by[%d]: %q is listed twice", i, name))
+		}
+		g |= bit
+	}
+	return g, errors.Join(errs...)
+}
+
+func parsePorts(key string, ports []int) ([]uint16, error) {
+	var out []uint16
+	var errs []error
+	for i, p := range ports {
+		if p < 1 || p > 65535 {
+			errs = append(errs, fmt.Errorf("%s[%d]: port %d is out of range 1..65535", key, i, p))
+			continue
+		}
+		out = append(out, uint16(p))
+	}
+	return out, errors.Join(errs...)
+}
+
+// parsePrefixes accepts IPs (a /32 or /128) and CIDRs, IPv4 and IPv6.
+// IPv4-mapped IPv6 prefixes are turned into IPv4 ones, as the program
+// counts v4-mapped sockets as IPv4.
+func parsePrefixes(key string, values []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for i, v := range values {
+		p, err := parsePrefix(strings.TrimSpace(v))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %q %w", key, i, v, err))
+			continue
+		}
+		out = append(out, p)
+	}
+	return out, errors.Join(errs...)
+}
+
+func parsePrefix(s string) (netip.Prefix, error) {
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if p, err = netip.ParsePrefix(s); err != nil {
+			return p, errors.New("is not a valid CIDR (want e.g. 10.0.0.0/8 or 2001:db8::/32)")
+		}
+		if p.Masked() != p {
+			return p, fmt.Errorf("has host bits set; did you mean %s?", p.Masked())
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, errors.New("is not a valid IP address or CIDR")
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Zone() != "" {
+		return p, errors.New("has an IPv6 zone, which cannot be matched")
+	}
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p, nil
+}
+
+// loaderSpec turns a validated Config into the program's spec.
+func (c *Config) loaderSpec() (loader.Spec, error) {
+	var spec loader.Spec
+	var err error
+	if spec.GroupBy, err = c.groupBy(); err != nil {
+		return spec, err
+	}
+	if spec.Table, err = bucket.NewTable(c.Scale, bucket.Unit(c.Unit)); err != nil {
+		return spec, err
+	}
+	if spec.LocalPorts, err = parsePorts("filter.local_ports", c.Filter.LocalPorts); err != nil {
+		return spec, err
+	}
+	if spec.RemotePorts, err = parsePorts("filter.remote_ports", c.Filter.RemotePorts); err != nil {
+		return spec, err
+	}
+	if spec.LocalPrefixes, err = parsePrefixes("filter.local_addresses", c.Filter.LocalAddresses); err != nil {
+		return spec, err
+	}
+	if spec.RemotePrefixes, err = parsePrefixes("filter.remote_addresses", c.Filter.RemoteAddresses); err != nil {
+		return spec, err
+	}
+	spec.Mode = loader.Mode(c.AttachMode)
+	spec.MaxSeries = uint32(c.MaxSeries)
+	return spec, nil
+}

@@ -1,0 +1,46 @@
+// Package tcprttreceiver is an OpenTelemetry Collector receiver that
+// measures the smoothed round-trip time of established TCP connections
+// in the Linux kernel with eBPF and reports it as the exponential
+// histogram tcp.rtt.
+package tcprttreceiver
+
+import (
+	"context"
+	"fmt"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/collector/scraper"
+	"go.opentelemetry.io/collector/scraper/scraperhelper"
+
+	"github.com/tcprtt/tcprtt/receiver/internal/metadata"
+)
+
+// NewFactory returns the factory of the tcprtt receiver.
+func NewFactory() receiver.Factory {
+	return receiver.NewFactory(
+		metadata.Type,
+		func() component.Config { return createDefaultConfig() },
+		receiver.WithMetrics(createMetrics, metadata.MetricsStability),
+	)
+}
+
+func createMetrics(
+	_ context.Context,
+	set receiver.Settings,
+	cfg component.Config,
+	next consumer.Metrics,
+) (receiver.Metrics, error) {
+	c, ok := cfg.(*Config)
+	if !ok {
+		return nil, fmt.Errorf("tcprtt: config of type %T, want *Config", cfg)
+	}
+	s := newRTTScraper(c, set)
+	sc, err := scraper.NewMetrics(s.scrape, scraper.WithStart(s.start), scraper.WithShutdown(s.shutdown))
+	if err != nil {
+		return nil, err
+	}
+	return scraperhelper.NewMetricsController(&c.ControllerConfig, set, next,
+		scraperhelper.AddMetricsScraper(metadata.Type, sc))
+}

@@ -1,0 +1,158 @@
+package tcprttreceiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/collector/receiver"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.uber.org/zap"
+
+	"github.com/tcprtt/tcprtt/internal/convert"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/receiver/internal/metadata"
+)
+
+// rttScraper owns one loaded program: Start loads and attaches it, each
+// scrape reads its maps, Shutdown releases it.
+type rttScraper struct {
+	cfg      *Config
+	settings receiver.Settings
+	logger   *zap.Logger
+
+	tracer    *loader.Tracer
+	converter *convert.Converter
+	telemetry *metadata.TelemetryBuilder
+
+	// Reused across scrapes (scrapes never overlap).
+	snap kmaps.Snapshot
+	rows []uint64
+
+	mu   sync.Mutex // guards last, read by telemetry callbacks
+	last scrapeTotals
+}
+
+// scrapeTotals are the kernel's cumulative counters at the last scrape.
+type scrapeTotals struct {
+	recorded, overflowed, filtered uint64
+	series                         int
+}
+
+func newRTTScraper(cfg *Config, set receiver.Settings) *rttScraper {
+	return &rttScraper{cfg: cfg, settings: set, logger: set.Logger}
+}
+
+func (s *rttScraper) start(context.Context, component.Host) (err error) {
+	spec, err := s.cfg.loaderSpec()
+	if err != nil {
+		return fmt.Errorf("tcprtt: invalid config: %w", err)
+	}
+	s.tracer, err = loader.Open(spec)
+	if err != nil {
+		return fmt.Errorf("tcprtt: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = s.shutdown(context.Background())
+		}
+	}()
+	s.converter, err = convert.New(convert.Options{
+		Table:       spec.Table,
+		GroupBy:     spec.GroupBy,
+		Temporality: convert.Temporality(s.cfg.Temporality),
+		Start:       s.tracer.AttachedAt(),
+	})
+	if err != nil {
+		return err
+	}
+	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
+	if refused := describeAttempts(s.tracer.Attempts()); refused != "" {
+		fields = append(fields, zap.String("refused", refused))
+	}
+	s.logger.Info("tcprtt program attached", fields...)
+	return s.startTelemetry()
+}
+
+func describeAttempts(attempts []loader.Attempt) string {
+	var parts []string
+	for _, a := range attempts {
+		parts = append(parts, fmt.Sprintf("%s: %v", a.Mode, a.Err))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func (s *rttScraper) startTelemetry() error {
+	tb, err := metadata.NewTelemetryBuilder(s.settings.TelemetrySettings)
+	if err != nil {
+		return fmt.Errorf("tcprtt: self-telemetry: %w", err)
+	}
+	s.telemetry = tb
+	mode := attribute.String("attach_mode", string(s.tracer.Mode()))
+	counter := func(get func(scrapeTotals) uint64) metric.Int64Callback {
+		return func(_ context.Context, o metric.Int64Observer) error {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			o.Observe(int64(get(s.last)))
+			return nil
+		}
+	}
+	return errors.Join(
+		tb.RegisterTcprttAttachModeCallback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(1, metric.WithAttributes(mode))
+			return nil
+		}),
+		tb.RegisterTcprttSamplesRecordedCallback(counter(func(t scrapeTotals) uint64 { return t.recorded })),
+		tb.RegisterTcprttSamplesOverflowedCallback(counter(func(t scrapeTotals) uint64 { return t.overflowed })),
+		tb.RegisterTcprttSamplesFilteredCallback(counter(func(t scrapeTotals) uint64 { return t.filtered })),
+		tb.RegisterTcprttSeriesCallback(counter(func(t scrapeTotals) uint64 { return uint64(t.series) })),
+	)
+}
+
+func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
+	begin := time.Now()
+	if err := s.tracer.Read(&s.snap, &s.rows); err != nil {
+		return pmetric.NewMetrics(), fmt.Errorf("tcprtt: %w", err)
+	}
+	now := time.Now()
+	md := pmetric.NewMetrics()
+	sm := md.ResourceMetrics().AppendEmpty().ScopeMetrics().AppendEmpty()
+	sm.Scope().SetName(metadata.ScopeName)
+	s.converter.Append(&s.snap, now, sm.Metrics())
+
+	totals := scrapeTotals{filtered: s.snap.Stats.Filtered}
+	for i := range s.snap.Series {
+		n := s.snap.Series[i].Count()
+		totals.recorded += n
+		if s.snap.Series[i].Overflow {
+			totals.overflowed += n
+		} else {
+			totals.series++
+		}
+	}
+	s.mu.Lock()
+	s.last = totals
+	s.mu.Unlock()
+	s.telemetry.TcprttScrapeDuration.Record(ctx, time.Since(begin).Seconds())
+	return md, nil
+}
+
+func (s *rttScraper) shutdown(context.Context) error {
+	if s.telemetry != nil {
+		s.telemetry.Shutdown()
+		s.telemetry = nil
+	}
+	if s.tracer != nil {
+		err := s.tracer.Close()
+		s.tracer = nil
+		return err
+	}
+	return nil
+}
