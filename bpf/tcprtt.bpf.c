@@ -104,6 +104,7 @@ struct bucket_entry {
 // treats them as constants).
 const volatile __u32 cfg_group_by = GROUP_REMOTE_ADDR;
 const volatile __u32 cfg_filters = 0;
+const volatile __u32 cfg_family = 0; // 4 or 6: only that family; 0: both
 const volatile __u32 cfg_scale = 3;
 const volatile __u32 cfg_stride = 0;
 const volatile __u32 cfg_max_series = 0;
@@ -323,6 +324,8 @@ static __always_inline bool addr_allowed(__u8 direction, const __u8 *addr)
 
 static __always_inline bool tuple_allowed(struct series_key *t)
 {
+	if (cfg_family && t->family != cfg_family)
+		return false;
 	if ((cfg_filters & FILTER_LOCAL_PORT) && !port_allowed(0, t->local_port))
 		return false;
 	if ((cfg_filters & FILTER_REMOTE_PORT) && !port_allowed(1, t->remote_port))

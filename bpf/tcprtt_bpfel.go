@@ -66,6 +66,7 @@ const (
 	TcprttProgTcprttTpBtf      = "tcprtt_tp_btf"
 	TcprttProgTcprttTracepoint = "tcprtt_tracepoint"
 	TcprttVarCfgBuckets        = "cfg_buckets"
+	TcprttVarCfgFamily         = "cfg_family"
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
 	TcprttVarCfgMaxSeries      = "cfg_max_series"
@@ -141,6 +142,7 @@ type TcprttMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttVariableSpecs struct {
 	CfgBuckets   *ebpf.VariableSpec `ebpf:"cfg_buckets"`
+	CfgFamily    *ebpf.VariableSpec `ebpf:"cfg_family"`
 	CfgFilters   *ebpf.VariableSpec `ebpf:"cfg_filters"`
 	CfgGroupBy   *ebpf.VariableSpec `ebpf:"cfg_group_by"`
 	CfgMaxSeries *ebpf.VariableSpec `ebpf:"cfg_max_series"`
@@ -196,6 +198,7 @@ func (m *TcprttMaps) Close() error {
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttVariables struct {
 	CfgBuckets   *ebpf.Variable `ebpf:"cfg_buckets"`
+	CfgFamily    *ebpf.Variable `ebpf:"cfg_family"`
 	CfgFilters   *ebpf.Variable `ebpf:"cfg_filters"`
 	CfgGroupBy   *ebpf.Variable `ebpf:"cfg_group_by"`
 	CfgMaxSeries *ebpf.Variable `ebpf:"cfg_max_series"`

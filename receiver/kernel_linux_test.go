@@ -323,4 +323,3 @@ func loadedPrograms(t *testing.T) int {
 	require.NoError(t, err)
 	return n
 }
-

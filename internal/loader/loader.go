@@ -51,6 +51,9 @@ type Spec struct {
 	GroupBy   kmaps.GroupBy
 	Table     *bucket.Table
 	MaxSeries uint32
+	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
+	// IPv6 socket is IPv4); 0 counts both.
+	Family uint8
 
 	LocalPorts     []uint16
 	RemotePorts    []uint16

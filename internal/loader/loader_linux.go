@@ -159,6 +159,7 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	vars := map[string]any{
 		bpf.TcprttVarCfgGroupBy:   uint32(spec.GroupBy),
 		bpf.TcprttVarCfgFilters:   uint32(spec.Filters()),
+		bpf.TcprttVarCfgFamily:    uint32(spec.Family),
 		bpf.TcprttVarCfgScale:     uint32(spec.Table.Scale),
 		bpf.TcprttVarCfgStride:    layout.Stride(),
 		bpf.TcprttVarCfgMaxSeries: layout.MaxSeries,
