@@ -396,8 +396,10 @@ static __always_inline int record(struct sock *sk, const bool cache)
 	struct series_key key = {};
 	__u32 raw;
 
-	if (!sk)
+	if (!sk) {
+		count_stat(STAT_ERRORS);
 		return 0;
+	}
 	raw = read_srtt(sk);
 
 	if (cache) {
