@@ -35,6 +35,9 @@ type Config struct {
 	// MaxSeries bounds the number of distinct attribute sets; samples of
 	// further sets go to one overflow series.
 	MaxSeries int `mapstructure:"max_series"`
+	// IdleTimeout removes a series that received no samples for this long,
+	// freeing its room; 0 keeps series forever.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 	// AttachMode forces one attach flavour; auto tries them in order.
 	AttachMode string `mapstructure:"attach_mode"`
 
@@ -76,6 +79,7 @@ const (
 	defaultUnit               = bucket.Seconds
 	defaultTemporality        = convert.Cumulative
 	defaultMaxSeries          = 1000
+	defaultIdleTimeout        = 5 * time.Minute
 	defaultAttachMode         = loader.ModeAuto
 
 	// maxSeriesLimit keeps the kernel's series index reasonable; the counts
@@ -96,6 +100,7 @@ func createDefaultConfig() *Config {
 		Unit:             string(defaultUnit),
 		Temporality:      string(defaultTemporality),
 		MaxSeries:        defaultMaxSeries,
+		IdleTimeout:      defaultIdleTimeout,
 		AttachMode:       string(defaultAttachMode),
 	}
 }
@@ -140,6 +145,9 @@ func (c *Config) Validate() error {
 			bad("max_series", "%d at scale %d needs %d MiB of kernel memory for counts, more than the %d MiB limit; "+
 				"lower max_series or scale", c.MaxSeries, c.Scale, bytes>>20, maxKernelBytes>>20)
 		}
+	}
+	if c.IdleTimeout < 0 {
+		bad("idle_timeout", "%s must not be negative (0 keeps series forever)", c.IdleTimeout)
 	}
 	if !loader.Mode(c.AttachMode).Valid() {
 		bad("attach_mode", "%q is not one of %s", c.AttachMode, joinModes())
@@ -264,5 +272,6 @@ func (c *Config) loaderSpec() (loader.Spec, error) {
 	}
 	spec.Mode = loader.Mode(c.AttachMode)
 	spec.MaxSeries = uint32(c.MaxSeries)
+	spec.IdleTimeout = c.IdleTimeout
 	return spec, nil
 }

@@ -60,9 +60,10 @@ type seriesID struct {
 	generation uint32
 }
 
-// previous holds the counts last exported for a series (delta only).
-type previous struct {
-	zero, sum uint64
+// state is what the converter remembers of a series between calls.
+type state struct {
+	start     pcommon.Timestamp // of its cumulative run
+	zero, sum uint64            // last exported (delta only)
 	buckets   []uint64
 	seen      uint64 // conversion round, to forget series that vanished
 }
@@ -72,7 +73,7 @@ type previous struct {
 type Converter struct {
 	opts     Options
 	divisor  float64
-	prev     map[seriesID]*previous
+	series   map[seriesID]*state
 	lastTime time.Time
 	round    uint64
 	delta    []uint64 // scratch
@@ -89,14 +90,18 @@ func New(opts Options) (*Converter, error) {
 	return &Converter{
 		opts:     opts,
 		divisor:  float64(opts.Table.Divisor),
-		prev:     map[seriesID]*previous{},
+		series:   map[seriesID]*state{},
 		lastTime: opts.Start,
 	}, nil
 }
 
-// Append appends the tcp.rtt metric for snap, observed at now, to ms. In
-// delta temporality series without new samples since the last call are
-// left out.
+// Append appends the tcp.rtt metric for snap, observed at now, to ms.
+//
+// A cumulative series starts when the program attached, or, for a series
+// first seen later (a new peer after an idle one expired, say), at the
+// previous conversion, before which it had no samples. In delta
+// temporality series without new samples since the last call are left
+// out.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
 	m := ms.AppendEmpty()
 	m.SetName(MetricName)
@@ -106,45 +111,47 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 	dps := h.DataPoints()
 	dps.EnsureCapacity(len(snap.Series))
 	ts := pcommon.NewTimestampFromTime(now)
-
-	if c.opts.Temporality == Cumulative {
+	last := pcommon.NewTimestampFromTime(c.lastTime)
+	delta := c.opts.Temporality == Delta
+	if delta {
+		h.SetAggregationTemporality(pmetric.AggregationTemporalityDelta)
+	} else {
 		h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
-		start := pcommon.NewTimestampFromTime(c.opts.Start)
-		for i := range snap.Series {
-			s := &snap.Series[i]
-			c.appendPoint(dps, s, s.Zero, s.Sum, s.Buckets, start, ts)
-		}
-		return
 	}
 
-	h.SetAggregationTemporality(pmetric.AggregationTemporalityDelta)
-	start := pcommon.NewTimestampFromTime(c.lastTime)
 	c.round++
 	for i := range snap.Series {
 		s := &snap.Series[i]
 		id := seriesID{key: s.Key, overflow: s.Overflow, slot: s.Slot, generation: s.Generation}
-		p, ok := c.prev[id]
+		st, ok := c.series[id]
 		if !ok {
-			p = &previous{buckets: make([]uint64, len(s.Buckets))}
-			c.prev[id] = p
+			st = &state{start: last}
+			if delta {
+				st.buckets = make([]uint64, len(s.Buckets))
+			}
+			c.series[id] = st
 		}
-		p.seen = c.round
+		st.seen = c.round
+		if !delta {
+			c.appendPoint(dps, s, s.Zero, s.Sum, s.Buckets, st.start, ts)
+			continue
+		}
 		c.delta = c.delta[:0]
-		changed := s.Zero != p.zero
+		changed := s.Zero != st.zero
 		for b, v := range s.Buckets {
-			d := v - p.buckets[b]
+			d := v - st.buckets[b]
 			changed = changed || d != 0
 			c.delta = append(c.delta, d)
 		}
 		if changed {
-			c.appendPoint(dps, s, s.Zero-p.zero, s.Sum-p.sum, c.delta, start, ts)
+			c.appendPoint(dps, s, s.Zero-st.zero, s.Sum-st.sum, c.delta, last, ts)
 		}
-		p.zero, p.sum = s.Zero, s.Sum
-		copy(p.buckets, s.Buckets)
+		st.zero, st.sum = s.Zero, s.Sum
+		copy(st.buckets, s.Buckets)
 	}
-	for id, p := range c.prev {
-		if p.seen != c.round {
-			delete(c.prev, id)
+	for id, st := range c.series {
+		if st.seen != c.round {
+			delete(c.series, id)
 		}
 	}
 	c.lastTime = now

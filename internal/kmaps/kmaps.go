@@ -168,6 +168,7 @@ type Stats struct {
 type Series struct {
 	Key        Key
 	Overflow   bool // the row of samples that found no free series
+	Retired    bool // the final counts of a series expired for idleness
 	Slot       uint32
 	Generation uint32
 	Sum        uint64 // of raw srtt values, 1/8 µs

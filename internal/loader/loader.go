@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
@@ -51,6 +52,9 @@ type Spec struct {
 	GroupBy   kmaps.GroupBy
 	Table     *bucket.Table
 	MaxSeries uint32
+	// IdleTimeout, if positive, expires series without new samples for
+	// that long, freeing their rows for new series.
+	IdleTimeout time.Duration
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8

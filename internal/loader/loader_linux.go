@@ -54,12 +54,17 @@ type Tracer struct {
 	prog   *ebpf.Program
 	link   link.Link
 	index  *ebpf.Map
+	free   *ebpf.Map
 	stats  *ebpf.Map
 	counts []byte // the counts array, mmapped
 
 	// Reused across reads.
 	keys []kmaps.Key
 	refs []kmaps.Ref
+
+	now      func() time.Time
+	activity map[uint32]activity // by slot
+	retiring []retired
 }
 
 // Open loads and attaches the program for spec. In ModeAuto it tries the
@@ -127,7 +132,11 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		coll:   coll,
 		prog:   coll.Programs[progName],
 		index:  coll.Maps[bpf.TcprttMapSeriesIndex],
+		free:   coll.Maps[bpf.TcprttMapFreeSlots],
 		stats:  coll.Maps[bpf.TcprttMapStats],
+
+		now:      time.Now,
+		activity: map[uint32]activity{},
 	}
 	defer func() {
 		if err != nil {
@@ -184,9 +193,8 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 // fillMaps hands every series slot to the free queue and writes the
 // filters, before the program is attached.
 func (t *Tracer) fillMaps() error {
-	free := t.coll.Maps[bpf.TcprttMapFreeSlots]
 	for slot := range t.layout.MaxSeries {
-		if err := free.Update(nil, slot, ebpf.UpdateAny); err != nil {
+		if err := t.free.Update(nil, slot, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("fill free slot queue: %w", err)
 		}
 	}
@@ -261,32 +269,53 @@ func (t *Tracer) Program() *ebpf.Program { return t.prog }
 // Read fills snap with the current state of the maps, reusing its
 // buffers. Rows are read in place from the mmapped counts array with
 // atomic loads, so a concurrent increment is never torn.
+//
+// Read also expires idle series (Spec.IdleTimeout): a series whose counts
+// did not change for that long is removed from the index, so a new socket
+// with its key takes a fresh row, and its row's generation is bumped, so
+// sockets that cached it resolve again. The row is read one last time and
+// freed at the next Read, after any program that saw the old generation
+// has long finished; that final read is reported (Retired) if it changed.
 func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if t.coll == nil {
 		return errors.New("tcprtt program is closed")
 	}
+	now := t.now()
 	if err := t.readIndex(); err != nil {
 		return err
 	}
 	stride := int(t.layout.Stride())
-	need := (len(t.keys) + 1) * stride
+	need := (len(t.keys) + len(t.retiring) + 1) * stride
 	if cap(*rows) < need {
 		*rows = make([]uint64, need)
 	}
 	buf := (*rows)[:need]
+	next := func() []uint64 {
+		row := buf[:stride:stride]
+		buf = buf[stride:]
+		return row
+	}
 	snap.Series = snap.Series[:0]
+
+	if err := t.freeRetired(snap, next); err != nil {
+		return err
+	}
 	for i, ref := range t.refs {
-		row := buf[i*stride : (i+1)*stride]
+		row := next()
 		t.loadRow(ref.Slot, row)
 		if uint32(row[kmaps.RowGeneration]) != ref.Generation {
 			continue // recycled since the index was read
 		}
 		snap.Series = append(snap.Series, kmaps.Series{Key: t.keys[i], Slot: ref.Slot})
-		if err := kmaps.DecodeRow(row, t.layout, &snap.Series[len(snap.Series)-1]); err != nil {
+		s := &snap.Series[len(snap.Series)-1]
+		if err := kmaps.DecodeRow(row, t.layout, s); err != nil {
+			return err
+		}
+		if err := t.trackActivity(s, now); err != nil {
 			return err
 		}
 	}
-	overflow := buf[len(t.keys)*stride:]
+	overflow := next()
 	t.loadRow(t.layout.OverflowSlot(), overflow)
 	o := kmaps.Series{Overflow: true, Slot: t.layout.OverflowSlot()}
 	if err := kmaps.DecodeRow(overflow, t.layout, &o); err != nil {
@@ -300,11 +329,80 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	return err
 }
 
+// activity is what Read remembers of a series row to detect idleness.
+type activity struct {
+	generation uint32
+	count      uint64
+	since      time.Time // last time count changed
+}
+
+// retired is a row taken from its series at the previous Read.
+type retired struct {
+	key        kmaps.Key
+	slot       uint32
+	generation uint32 // the series' generation, before the bump
+	count      uint64 // at the last Read
+}
+
+// trackActivity notes whether s changed and retires it once idle.
+func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
+	count := s.Count()
+	a, ok := t.activity[s.Slot]
+	if !ok || a.generation != s.Generation || a.count != count {
+		t.activity[s.Slot] = activity{generation: s.Generation, count: count, since: now}
+		return nil
+	}
+	if t.spec.IdleTimeout <= 0 || now.Sub(a.since) < t.spec.IdleTimeout {
+		return nil
+	}
+	if err := t.index.Delete(s.Key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("expire idle series: %w", err)
+	}
+	t.storeWord(s.Slot, kmaps.RowGeneration, uint64(s.Generation+1))
+	delete(t.activity, s.Slot)
+	t.retiring = append(t.retiring, retired{key: s.Key, slot: s.Slot, generation: s.Generation, count: count})
+	return nil
+}
+
+// freeRetired reads the rows retired at the previous Read a last time,
+// reports those that changed since, zeroes them and returns their slots
+// to the free queue.
+func (t *Tracer) freeRetired(snap *kmaps.Snapshot, next func() []uint64) error {
+	for _, r := range t.retiring {
+		row := next()
+		t.loadRow(r.slot, row)
+		s := kmaps.Series{Key: r.key, Slot: r.slot, Retired: true}
+		if err := kmaps.DecodeRow(row, t.layout, &s); err != nil {
+			return err
+		}
+		s.Generation = r.generation
+		if s.Count() != r.count {
+			snap.Series = append(snap.Series, s)
+		}
+		for w := uint32(kmaps.RowSum); w < t.layout.Stride(); w++ {
+			t.storeWord(r.slot, w, 0)
+		}
+		if err := t.free.Update(nil, r.slot, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("free expired series slot: %w", err)
+		}
+	}
+	t.retiring = t.retiring[:0]
+	return nil
+}
+
+func (t *Tracer) wordPointer(slot, word uint32) *uint64 {
+	off := (uintptr(slot)*uintptr(t.layout.Stride()) + uintptr(word)) * 8
+	return (*uint64)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(t.counts)), off))
+}
+
+func (t *Tracer) storeWord(slot, word uint32, v uint64) {
+	atomic.StoreUint64(t.wordPointer(slot, word), v)
+}
+
 func (t *Tracer) loadRow(slot uint32, row []uint64) {
-	off := uintptr(slot) * uintptr(len(row)) * 8
-	base := unsafe.Pointer(unsafe.SliceData(t.counts))
+	first := unsafe.Pointer(t.wordPointer(slot, 0))
 	for i := range row {
-		row[i] = atomic.LoadUint64((*uint64)(unsafe.Add(base, off+uintptr(i)*8)))
+		row[i] = atomic.LoadUint64((*uint64)(unsafe.Add(first, i*8)))
 	}
 }
 
