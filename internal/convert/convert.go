@@ -95,6 +95,9 @@ func New(opts Options) (*Converter, error) {
 	}, nil
 }
 
+// Table is the bucket table the converter maps positions with.
+func (c *Converter) Table() *bucket.Table { return c.opts.Table }
+
 // Append appends the tcp.rtt metric for snap, observed at now, to ms.
 //
 // A cumulative series starts when the program attached, or, for a series

@@ -25,21 +25,35 @@ type Conn struct {
 	buf    [MessageSize]byte
 }
 
-// Dial listens on server (port 0), connects to it from client (port 0) and
-// starts the echo side. Both are closed when the test ends.
-func Dial(t testing.TB, server, client netip.Addr) *Conn {
+// Server accepts connections on one address and echoes every request.
+type Server struct {
+	ln *net.TCPListener
+}
+
+// Listen starts a Server on addr (port 0). It is closed when the test ends.
+func Listen(t testing.TB, addr netip.Addr) *Server {
 	t.Helper()
-	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
+	ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(addr, 0)))
 	if err != nil {
-		t.Fatalf("listen on %s: %v", server, err)
+		t.Fatalf("listen on %s: %v", addr, err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
+	return &Server{ln: ln}
+}
+
+// Addr is the server's address and port.
+func (s *Server) Addr() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrPort() }
+
+// Dial connects to s from client (port 0) and starts the echo side. Both
+// ends are closed when the test ends.
+func (s *Server) Dial(t testing.TB, client netip.Addr) *Conn {
+	t.Helper()
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
-	nc, err := d.Dial("tcp", ln.Addr().String())
+	nc, err := d.Dial("tcp", s.ln.Addr().String())
 	if err != nil {
-		t.Fatalf("dial %s from %s: %v", ln.Addr(), client, err)
+		t.Fatalf("dial %s from %s: %v", s.ln.Addr(), client, err)
 	}
-	sc, err := ln.AcceptTCP()
+	sc, err := s.ln.AcceptTCP()
 	if err != nil {
 		t.Fatalf("accept: %v", err)
 	}
@@ -57,11 +71,20 @@ func Dial(t testing.TB, server, client netip.Addr) *Conn {
 			}
 		}
 	}()
-	t.Cleanup(func() {
-		c.Client.Close()
-		c.Server.Close()
-	})
+	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// Dial listens on server (port 0) and connects to it from client.
+func Dial(t testing.TB, server, client netip.Addr) *Conn {
+	t.Helper()
+	return Listen(t, server).Dial(t, client)
+}
+
+// Close closes both ends.
+func (c *Conn) Close() {
+	c.Client.Close()
+	c.Server.Close()
 }
 
 // RoundTrips sends n requests and waits for each response.
