@@ -366,3 +366,64 @@ func TestTwoReceivers(t *testing.T) {
 	assert.Equal(t, fmt.Sprint(dps.At(0).Attributes().AsRaw()),
 		fmt.Sprint(map[string]any{"network.local.port": port.Int(), "network.type": "ipv4"}))
 }
+
+// TestPeerStorm: 2000 distinct peers with max_series 100 export at most
+// 101 series (the overflow one included), keep the accounting identity
+// exact, keep kernel map memory at what the configuration bounds, and
+// leave the receiver's heap flat after the storm.
+func TestPeerStorm(t *testing.T) {
+	requireKernel(t)
+	enableRunStats(t)
+	const peers, maxSeries = 2000, 100
+	server := netip.MustParseAddr("127.0.0.9")
+	s := startScraper(t, func(c *Config) {
+		c.MaxSeries = maxSeries
+		c.Filter.RemoteAddresses = []string{"127.0.0.9", "127.1.0.0/16", "127.2.0.0/16"}
+	})
+	srv := tcptest.Listen(t, server)
+	memBefore, err := s.tracer.KernelMemory()
+	require.NoError(t, err)
+
+	storm := func(second byte) {
+		for i := range peers {
+			client := netip.AddrFrom4([4]byte{127, second, byte(i / 250), byte(i%250 + 1)})
+			srv.Visit(t, client, 2)
+		}
+	}
+	heapAfterScrape := func() uint64 {
+		md, err := s.scrape(context.Background())
+		require.NoError(t, err)
+		dps := md.ResourceMetrics().At(0).ScopeMetrics().At(0).Metrics().At(0).ExponentialHistogram().DataPoints()
+		assert.LessOrEqual(t, dps.Len(), maxSeries+1, "series exported")
+		_, ok := point(md, map[string]any{"otel.metric.overflow": true})
+		assert.True(t, ok, "the overflow series carries otel.metric.overflow=true")
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return ms.HeapAlloc
+	}
+
+	storm(1)
+	a := readAccounting(t, s)
+	checkIdentity(t, a)
+	assert.Equal(t, maxSeries, a.series)
+	assert.Positive(t, a.overflowed)
+	heap1 := heapAfterScrape()
+
+	storm(2)
+	a = readAccounting(t, s)
+	checkIdentity(t, a)
+	heap2 := heapAfterScrape()
+
+	memAfter, err := s.tracer.KernelMemory()
+	require.NoError(t, err)
+	layout := s.tracer.Layout()
+	// The counts array dominates; the index, free queue and filters add a
+	// few hundred bytes per series at most.
+	bound := layout.Entries()*8 + uint64(maxSeries)*512 + 1<<20
+	assert.Equal(t, memBefore, memAfter, "kernel map memory does not grow with peers")
+	assert.LessOrEqual(t, memAfter, bound, "kernel map memory within the configured bound")
+	assert.LessOrEqual(t, heap2, heap1+2<<20, "receiver heap flat after a second storm")
+	t.Logf("%d+%d peers, max_series %d: %d series + overflow %d samples; kernel maps %d KiB (bound %d KiB); heap %d KiB -> %d KiB",
+		peers, peers, maxSeries, a.series, a.overflowed, memAfter>>10, bound>>10, heap1>>10, heap2>>10)
+}

@@ -45,6 +45,7 @@ func TestDefaultConfig(t *testing.T) {
 	assert.Equal(t, "s", cfg.Unit)
 	assert.Equal(t, "cumulative", cfg.Temporality)
 	assert.Equal(t, 1000, cfg.MaxSeries)
+	assert.Equal(t, 5*time.Minute, cfg.IdleTimeout)
 	assert.Equal(t, "auto", cfg.AttachMode)
 	assert.Empty(t, cfg.Filter.LocalPorts)
 	assert.Empty(t, cfg.Filter.RemotePorts)
@@ -83,6 +84,7 @@ func TestLoadConfig(t *testing.T) {
 				c.Unit = "ms"
 				c.Temporality = "delta"
 				c.MaxSeries = 5000
+				c.IdleTimeout = 90 * time.Second
 				c.AttachMode = "tp_btf"
 				return c
 			},
@@ -213,6 +215,8 @@ func TestValidateRejects(t *testing.T) {
 			[]string{"max_series", "2000000 is out of range"}},
 		{"kernel memory", func(c *Config) { c.Scale, c.MaxSeries = 8, 1_000_000 },
 			[]string{"max_series", "1000000", "scale 8", "MiB", "1024 MiB limit"}},
+		{"negative idle_timeout", func(c *Config) { c.IdleTimeout = -time.Minute },
+			[]string{"idle_timeout", "-1m0s"}},
 		{"unknown attach_mode", func(c *Config) { c.AttachMode = "kprobe" },
 			[]string{"attach_mode", `"kprobe"`, "auto, fentry, tp_btf, raw_tp, tracepoint"}},
 		{"collection_interval 0", func(c *Config) { c.CollectionInterval = 0 },
@@ -236,7 +240,7 @@ func TestValidateRejects(t *testing.T) {
 			if _, specErr := c.loaderSpec(); specErr == nil {
 				switch tt.name {
 				case "unknown temporality", "max_series 0", "max_series -1", "max_series 2_000_000",
-					"kernel memory", "unknown attach_mode", "collection_interval 0", "negative collection_interval":
+					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval":
 				default:
 					t.Errorf("loaderSpec accepted a config Validate rejects: %v", err)
 				}
@@ -256,6 +260,7 @@ func TestValidateReportsEveryError(t *testing.T) {
 	c.Unit = "ns"
 	c.Temporality = "gauge"
 	c.MaxSeries = 0
+	c.IdleTimeout = -time.Second
 	c.AttachMode = "kprobe"
 	c.CollectionInterval = 0
 
@@ -275,12 +280,13 @@ func TestValidateReportsEveryError(t *testing.T) {
 		`unit: "ns"`,
 		`temporality: "gauge"`,
 		"max_series: 0 ",
+		"idle_timeout: -1s",
 		`attach_mode: "kprobe"`,
 		"collection_interval: 0s",
 	} {
 		assert.Contains(t, msg, w)
 	}
-	assert.Len(t, strings.Split(msg, "\n"), 14, msg)
+	assert.Len(t, strings.Split(msg, "\n"), 15, msg)
 }
 
 func TestValidateAccepts(t *testing.T) {
@@ -314,6 +320,8 @@ func TestValidateAccepts(t *testing.T) {
 		{"scale 8", func(c *Config) { c.Scale = 8 }},
 		{"scale 0 max_series 1_000_000", func(c *Config) { c.Scale, c.MaxSeries = 0, 1_000_000 }},
 		{"max_series 1", func(c *Config) { c.MaxSeries = 1 }},
+		{"idle_timeout 0 keeps series forever", func(c *Config) { c.IdleTimeout = 0 }},
+		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 }},
 		{"scale 8 max_series 10_000", func(c *Config) { c.Scale, c.MaxSeries = 8, 10_000 }},
 	}
 	for _, m := range loader.Modes() {
@@ -370,6 +378,7 @@ func TestLoaderSpec(t *testing.T) {
 	c.Scale = 5
 	c.Unit = "us"
 	c.MaxSeries = 42
+	c.IdleTimeout = 7 * time.Second
 	c.AttachMode = "raw_tp"
 	require.NoError(t, c.Validate())
 
@@ -390,6 +399,7 @@ func TestLoaderSpec(t *testing.T) {
 	assert.True(t, spec.RemotePrefixes[0].Addr().Is4(), "v4-mapped prefix not unmapped")
 	assert.Equal(t, loader.ModeRawTp, spec.Mode)
 	assert.Equal(t, uint32(42), spec.MaxSeries)
+	assert.Equal(t, 7*time.Second, spec.IdleTimeout)
 	require.NotNil(t, spec.Table)
 	assert.Equal(t, 5, spec.Table.Scale)
 	assert.Equal(t, bucket.Microseconds, spec.Table.Unit)
@@ -436,6 +446,7 @@ func TestLoaderSpecDefaults(t *testing.T) {
 	assert.Equal(t, kmaps.GroupRemoteAddress, spec.GroupBy)
 	assert.Equal(t, loader.ModeAuto, spec.Mode)
 	assert.Equal(t, uint32(1000), spec.MaxSeries)
+	assert.Equal(t, 5*time.Minute, spec.IdleTimeout)
 	assert.Equal(t, 3, spec.Table.Scale)
 	assert.Equal(t, bucket.Seconds, spec.Table.Unit)
 	assert.Empty(t, spec.LocalPorts)

@@ -263,6 +263,24 @@ func (t *Tracer) AttachedAt() time.Time { return t.attachedAt }
 // Layout returns the counts array geometry.
 func (t *Tracer) Layout() kmaps.Layout { return t.layout }
 
+// KernelMemory is the memory the kernel charges for t's maps (the
+// per-socket storage is charged to the sockets and not included).
+func (t *Tracer) KernelMemory() (uint64, error) {
+	var total uint64
+	for name, m := range t.coll.Maps {
+		info, err := m.Info()
+		if err != nil {
+			return 0, fmt.Errorf("map %s info: %w", name, err)
+		}
+		n, ok := info.Memlock()
+		if !ok {
+			return 0, fmt.Errorf("map %s: kernel does not report its memory", name)
+		}
+		total += n
+	}
+	return total, nil
+}
+
 // Program returns the attached program (for run statistics).
 func (t *Tracer) Program() *ebpf.Program { return t.prog }
 

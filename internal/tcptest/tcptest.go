@@ -48,6 +48,13 @@ func (s *Server) Addr() netip.AddrPort { return s.ln.Addr().(*net.TCPAddr).AddrP
 // ends are closed when the test ends.
 func (s *Server) Dial(t testing.TB, client netip.Addr) *Conn {
 	t.Helper()
+	c := s.dial(t, client)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func (s *Server) dial(t testing.TB, client netip.Addr) *Conn {
+	t.Helper()
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
 	nc, err := d.Dial("tcp", s.ln.Addr().String())
 	if err != nil {
@@ -71,8 +78,16 @@ func (s *Server) Dial(t testing.TB, client netip.Addr) *Conn {
 			}
 		}
 	}()
-	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// Visit connects to s from client, makes n round trips and closes the
+// connection, keeping nothing alive (for storms of short connections).
+func (s *Server) Visit(t testing.TB, client netip.Addr, n int) {
+	t.Helper()
+	c := s.dial(t, client)
+	c.RoundTrips(t, n)
+	c.Close()
 }
 
 // Dial listens on server (port 0) and connects to it from client.
