@@ -237,10 +237,10 @@ func parsePrefix(s string) (netip.Prefix, error) {
 		if err != nil {
 			return p, errors.New("is not a valid IP address or CIDR")
 		}
+		if a.Zone() != "" {
+			return p, errors.New("has an IPv6 zone, which cannot be matched")
+		}
 		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if p.Addr().Zone() != "" {
-		return p, errors.New("has an IPv6 zone, which cannot be matched")
 	}
 	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
 		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)

@@ -141,7 +141,9 @@ func (l Layout) Stride() uint32 { return RowBuckets + l.NumBuckets }
 func (l Layout) Rows() uint32 { return l.MaxSeries + 1 }
 
 // Entries is the number of u64 words of the counts array.
-func (l Layout) Entries() uint64 { return uint64(l.Rows()) * uint64(l.Stride()) }
+func (l Layout) Entries() uint64 {
+	return (uint64(l.MaxSeries) + 1) * (uint64(l.NumBuckets) + RowBuckets)
+}
 
 // OverflowSlot is the row of the overflow series.
 func (l Layout) OverflowSlot() uint32 { return l.MaxSeries }

@@ -270,7 +270,7 @@ func TestDecodeRow(t *testing.T) {
 	stride := int(l.Stride())
 	require.Len(t, buf, 2*stride)
 
-	s := kmaps.Series{Key: kmaps.Key{Family: 4}, Slot: 1}
+	s := kmaps.Series{Key: kmaps.Key{Family: 4}, Slot: 1, Retired: true}
 	row := buf[:stride:stride]
 	require.NoError(t, kmaps.DecodeRow(row, l, &s))
 	assert.Equal(t, uint32(7), s.Generation)
@@ -282,6 +282,7 @@ func TestDecodeRow(t *testing.T) {
 	assert.Equal(t, kmaps.Key{Family: 4}, s.Key)
 	assert.Equal(t, uint32(1), s.Slot)
 	assert.False(t, s.Overflow)
+	assert.True(t, s.Retired)
 
 	// Buckets aliases the row: no copy.
 	require.Len(t, s.Buckets, 4)
