@@ -322,18 +322,15 @@ func TestStartShutdownCycles(t *testing.T) {
 	}
 	cycle() // warm up lazily created state (parsed ELF, BTF cache)
 	runtime.GC()
-	fdBefore := fds()
-	require.Eventually(t, func() bool { return loadedPrograms(t) == 0 }, 5*time.Second, 20*time.Millisecond,
-		"programs of earlier tests still loaded")
+	fdBefore, objBefore := fds(), bpfObjects(t)
 
 	for range 100 {
 		cycle()
 	}
 	runtime.GC()
 	assert.Equal(t, fdBefore, fds(), "open file descriptors")
-	assert.Eventually(t, func() bool { return loadedPrograms(t) == 0 }, 5*time.Second, 20*time.Millisecond,
-		"loaded tcprtt programs")
-	t.Logf("after 100 cycles: %d fds (baseline %d), %d tcprtt programs loaded", fds(), fdBefore, loadedPrograms(t))
+	assert.Equal(t, objBefore, bpfObjects(t), "BPF objects held by this process")
+	t.Logf("after 100 cycles: %d fds (baseline %d); %s (baseline %s)", fds(), fdBefore, bpfObjects(t), objBefore)
 }
 
 // TestTwoReceivers: two receivers in one process with different group_by

@@ -5,6 +5,7 @@ package tcprttreceiver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"net/netip"
 	"os"
@@ -290,7 +291,7 @@ func TestFentryFallsBack(t *testing.T) {
 	requireKernel(t)
 	spec, err := createDefaultConfig().loaderSpec()
 	require.NoError(t, err)
-	before := loadedPrograms(t)
+	before := bpfObjects(t)
 
 	tr, err := loader.Open(spec)
 	require.NoError(t, err)
@@ -309,17 +310,13 @@ func TestFentryFallsBack(t *testing.T) {
 	require.True(t, errors.As(err, &attachErr), "error %v", err)
 	assert.Contains(t, err.Error(), "fentry")
 	assert.Contains(t, err.Error(), "CAP_BPF and CAP_PERFMON")
-	// The kernel frees closed programs asynchronously (after an RCU grace
-	// period), and earlier tests' programs may still be on their way out:
-	// what matters is that the failed attempt added nothing.
-	assert.Eventually(t, func() bool { return loadedPrograms(t) <= before }, 5*time.Second, 20*time.Millisecond,
-		"no tcprtt program left behind (%d before)", before)
+	assert.Equal(t, before, bpfObjects(t), "the failed attempt left no program, map or link behind")
 }
 
-// loadedPrograms counts the tcprtt programs loaded in the kernel.
-func loadedPrograms(t *testing.T) int {
+// bpfObjects describes the BPF programs, maps and links this process holds.
+func bpfObjects(t *testing.T) string {
 	t.Helper()
-	n, err := testenv.LoadedPrograms("tcprtt_")
+	p, m, l, err := testenv.BPFObjects()
 	require.NoError(t, err)
-	return n
+	return fmt.Sprintf("%d programs, %d maps, %d links", p, m, l)
 }

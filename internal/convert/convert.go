@@ -51,21 +51,22 @@ type Options struct {
 	Start time.Time
 }
 
-// seriesID identifies one cumulative run of counts: a recycled row starts
-// a new run with a new generation.
+// seriesID identifies one cumulative run of counts: the row (slot) and
+// its generation; a recycled row starts a new run with a new generation.
 type seriesID struct {
-	key        kmaps.Key
-	overflow   bool
-	slot       uint32
-	generation uint32
+	slot, generation uint32
 }
 
 // state is what the converter remembers of a series between calls.
 type state struct {
-	start     pcommon.Timestamp // of its cumulative run
-	zero, sum uint64            // last exported (delta only)
-	buckets   []uint64
-	seen      uint64 // conversion round, to forget series that vanished
+	key   kmaps.Key
+	start pcommon.Timestamp // of its cumulative run
+	attrs pcommon.Map       // built once per series
+	seen  uint64            // conversion round, to forget series that vanished
+
+	// Last exported counts (delta only).
+	zero, sum, total uint64
+	buckets          []uint64
 }
 
 // Converter converts snapshots of one program instance. It is not safe for
@@ -99,12 +100,13 @@ func New(opts Options) (*Converter, error) {
 func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 
 // Append appends the tcp.rtt metric for snap, observed at now, to ms.
+// The series must be summarized (kmaps.DecodeRow does it).
 //
 // A cumulative series starts when the program attached, or, for a series
 // first seen later (a new peer after an idle one expired, say), at the
 // previous conversion, before which it had no samples. In delta
-// temporality series without new samples since the last call are left
-// out.
+// temporality a point covers the samples since the previous conversion,
+// and series without new samples are left out.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
 	m := ms.AppendEmpty()
 	m.SetName(MetricName)
@@ -125,32 +127,45 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 	c.round++
 	for i := range snap.Series {
 		s := &snap.Series[i]
-		id := seriesID{key: s.Key, overflow: s.Overflow, slot: s.Slot, generation: s.Generation}
+		id := seriesID{slot: s.Slot, generation: s.Generation}
 		st, ok := c.series[id]
-		if !ok {
-			st = &state{start: last}
-			if delta {
-				st.buckets = make([]uint64, len(s.Buckets))
-			}
+		if !ok || st.key != s.Key {
+			st = c.newState(s, last, delta)
 			c.series[id] = st
 		}
 		st.seen = c.round
 		if !delta {
-			c.appendPoint(dps, s, s.Zero, s.Sum, s.Buckets, st.start, ts)
+			var counts []uint64
+			if s.First >= 0 {
+				counts = s.Buckets[s.First : s.Last+1]
+			}
+			c.appendPoint(dps, st, s.Zero, s.Sum, s.Total, counts, s.First, st.start, ts)
 			continue
 		}
+		if s.Total == st.total {
+			continue // no new samples
+		}
+		// Counts only grow, so the previous non-empty range lies within
+		// the current one.
 		c.delta = c.delta[:0]
-		changed := s.Zero != st.zero
-		for b, v := range s.Buckets {
-			d := v - st.buckets[b]
-			changed = changed || d != 0
+		first, lastPos := -1, -1
+		for b := max(s.First, 0); b <= s.Last; b++ {
+			d := s.Buckets[b] - st.buckets[b]
+			if d != 0 && first < 0 {
+				first = b
+			}
+			if d != 0 {
+				lastPos = b
+			}
 			c.delta = append(c.delta, d)
 		}
-		if changed {
-			c.appendPoint(dps, s, s.Zero-st.zero, s.Sum-st.sum, c.delta, last, ts)
+		var counts []uint64
+		if first >= 0 {
+			counts = c.delta[first-s.First : lastPos-s.First+1]
 		}
-		st.zero, st.sum = s.Zero, s.Sum
-		copy(st.buckets, s.Buckets)
+		c.appendPoint(dps, st, s.Zero-st.zero, s.Sum-st.sum, s.Total-st.total, counts, first, last, ts)
+		st.zero, st.sum, st.total = s.Zero, s.Sum, s.Total
+		copy(st.buckets[s.First:s.Last+1], s.Buckets[s.First:s.Last+1])
 	}
 	for id, st := range c.series {
 		if st.seen != c.round {
@@ -160,34 +175,32 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 	c.lastTime = now
 }
 
-func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, s *kmaps.Series,
-	zero, rawSum uint64, buckets []uint64, start, ts pcommon.Timestamp,
+func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp, delta bool) *state {
+	st := &state{key: s.Key, start: start, attrs: pcommon.NewMap()}
+	c.setAttributes(st.attrs, s)
+	if delta {
+		st.buckets = make([]uint64, len(s.Buckets))
+	}
+	return st
+}
+
+// appendPoint appends one data point; counts are the bucket counts from
+// position first on (first < 0: no bucket).
+func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, st *state,
+	zero, rawSum, count uint64, counts []uint64, first int, start, ts pcommon.Timestamp,
 ) {
 	dp := dps.AppendEmpty()
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
-	c.setAttributes(dp.Attributes(), s)
+	st.attrs.CopyTo(dp.Attributes())
 	dp.SetScale(int32(c.opts.Table.Scale))
 	dp.SetZeroThreshold(0)
 	dp.SetZeroCount(zero)
 	dp.SetSum(float64(rawSum) / c.divisor)
-
-	count := zero
-	first, last := -1, -1
-	for i, v := range buckets {
-		if v == 0 {
-			continue
-		}
-		count += v
-		if first < 0 {
-			first = i
-		}
-		last = i
-	}
 	dp.SetCount(count)
 	if first >= 0 {
 		dp.Positive().SetOffset(c.opts.Table.MinIndex + int32(first))
-		dp.Positive().BucketCounts().FromRaw(buckets[first : last+1])
+		dp.Positive().BucketCounts().FromRaw(counts)
 	}
 }
 

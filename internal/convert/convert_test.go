@@ -64,6 +64,7 @@ func series(t *testing.T, table *bucket.Table, k kmaps.Key, slot uint32, raws ..
 		}
 		s.Buckets[table.Position(raw)]++
 	}
+	s.Summarize()
 	return s
 }
 
@@ -98,6 +99,7 @@ func TestCumulativeByPeer(t *testing.T) {
 	require.NoError(t, err)
 	overflow := series(t, table, kmaps.Key{}, 100, 8000, 8000)
 	overflow.Overflow = true
+	overflow.Key = kmaps.Key{}
 	snap := &kmaps.Snapshot{Series: []kmaps.Series{
 		// 10 µs, 12.5 µs, 1 ms twice, 0 (no RTT sample yet).
 		series(t, table, key(g, "127.0.0.2", "127.0.0.3", 0, 0), 0, 80, 100, 8000, 8000, 0),

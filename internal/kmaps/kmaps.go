@@ -173,19 +173,34 @@ type Series struct {
 	Retired    bool // the final counts of a series expired for idleness
 	Slot       uint32
 	Generation uint32
-	Sum        uint64 // of raw srtt values, 1/8 µs
-	Zero       uint64 // samples with srtt 0
-	Buckets    []uint64
+	Sum        uint64   // of raw srtt values, 1/8 µs
+	Zero       uint64   // samples with srtt 0
+	Buckets    []uint64 // by position (bucket index - table.MinIndex)
+
+	// Set by Summarize (DecodeRow calls it), so consumers need not scan
+	// all the buckets again.
+	Total       uint64 // Zero + Σ Buckets
+	First, Last int    // positions of the first and last non-empty bucket; -1 if none
 }
 
-// Count is the number of samples of the series.
-func (s *Series) Count() uint64 {
-	n := s.Zero
-	for _, c := range s.Buckets {
-		n += c
+// Summarize computes Total, First and Last from the counts.
+func (s *Series) Summarize() {
+	s.Total, s.First, s.Last = s.Zero, -1, -1
+	for i, c := range s.Buckets {
+		if c == 0 {
+			continue
+		}
+		s.Total += c
+		if s.First < 0 {
+			s.First = i
+		}
+		s.Last = i
 	}
-	return n
 }
+
+// Count is the number of samples of the series (Total, as of the last
+// Summarize).
+func (s *Series) Count() uint64 { return s.Total }
 
 // Snapshot is one read of the kernel maps.
 type Snapshot struct {
@@ -203,5 +218,6 @@ func DecodeRow(row []uint64, l Layout, s *Series) error {
 	s.Sum = row[RowSum]
 	s.Zero = row[RowZero]
 	s.Buckets = row[RowBuckets:]
+	s.Summarize()
 	return nil
 }

@@ -289,7 +289,11 @@ func TestDecodeRow(t *testing.T) {
 	assert.Same(t, &row[kmaps.RowBuckets], &s.Buckets[0])
 	row[kmaps.RowBuckets+2] = 31
 	assert.Equal(t, uint64(31), s.Buckets[2])
+	assert.Equal(t, uint64(2+10+30+1), s.Count(), "the total is as of DecodeRow")
+	s.Summarize()
 	assert.Equal(t, uint64(2+10+31+1), s.Count())
+	assert.Equal(t, 0, s.First)
+	assert.Equal(t, 3, s.Last)
 
 	var s2 kmaps.Series
 	require.NoError(t, kmaps.DecodeRow(buf[stride:], l, &s2))
@@ -319,9 +323,23 @@ func TestDecodeRowWrongLength(t *testing.T) {
 	assert.Error(t, kmaps.DecodeRow(nil, l, &kmaps.Series{}))
 }
 
-func TestSeriesCount(t *testing.T) {
-	assert.Equal(t, uint64(0), (&kmaps.Series{}).Count())
-	assert.Equal(t, uint64(3), (&kmaps.Series{Zero: 3}).Count())
-	assert.Equal(t, uint64(6), (&kmaps.Series{Buckets: []uint64{1, 2, 3}}).Count())
-	assert.Equal(t, uint64(10), (&kmaps.Series{Zero: 4, Buckets: []uint64{1, 2, 3}, Sum: 1 << 40}).Count())
+func TestSeriesSummarize(t *testing.T) {
+	count := func(s kmaps.Series) uint64 {
+		s.Summarize()
+		return s.Count()
+	}
+	assert.Equal(t, uint64(0), count(kmaps.Series{}))
+	assert.Equal(t, uint64(3), count(kmaps.Series{Zero: 3}))
+	assert.Equal(t, uint64(6), count(kmaps.Series{Buckets: []uint64{1, 2, 3}}))
+	assert.Equal(t, uint64(10), count(kmaps.Series{Zero: 4, Buckets: []uint64{1, 2, 3}, Sum: 1 << 40}))
+
+	s := kmaps.Series{Zero: 1, Buckets: []uint64{0, 0, 5, 0, 7, 0}}
+	s.Summarize()
+	assert.Equal(t, uint64(13), s.Total)
+	assert.Equal(t, 2, s.First)
+	assert.Equal(t, 4, s.Last)
+	s = kmaps.Series{Zero: 2, Buckets: []uint64{0, 0}}
+	s.Summarize()
+	assert.Equal(t, -1, s.First, "no non-empty bucket")
+	assert.Equal(t, -1, s.Last)
 }

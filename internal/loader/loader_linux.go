@@ -63,7 +63,7 @@ type Tracer struct {
 	refs []kmaps.Ref
 
 	now      func() time.Time
-	activity map[uint32]activity // by slot
+	activity []activity // by slot
 	retiring []retired
 }
 
@@ -136,7 +136,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		stats:  coll.Maps[bpf.TcprttMapStats],
 
 		now:      time.Now,
-		activity: map[uint32]activity{},
+		activity: make([]activity, spec.MaxSeries),
 	}
 	defer func() {
 		if err != nil {
@@ -338,7 +338,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if err := kmaps.DecodeRow(overflow, t.layout, &o); err != nil {
 		return err
 	}
-	if o.Count() > 0 {
+	if o.Total > 0 {
 		snap.Series = append(snap.Series, o)
 	}
 	var err error
@@ -363,10 +363,10 @@ type retired struct {
 
 // trackActivity notes whether s changed and retires it once idle.
 func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
-	count := s.Count()
-	a, ok := t.activity[s.Slot]
-	if !ok || a.generation != s.Generation || a.count != count {
-		t.activity[s.Slot] = activity{generation: s.Generation, count: count, since: now}
+	count := s.Total
+	a := &t.activity[s.Slot]
+	if a.since.IsZero() || a.generation != s.Generation || a.count != count {
+		*a = activity{generation: s.Generation, count: count, since: now}
 		return nil
 	}
 	if t.spec.IdleTimeout <= 0 || now.Sub(a.since) < t.spec.IdleTimeout {
@@ -376,7 +376,7 @@ func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
 		return fmt.Errorf("expire idle series: %w", err)
 	}
 	t.storeWord(s.Slot, kmaps.RowGeneration, uint64(s.Generation+1))
-	delete(t.activity, s.Slot)
+	*a = activity{}
 	t.retiring = append(t.retiring, retired{key: s.Key, slot: s.Slot, generation: s.Generation, count: count})
 	return nil
 }
@@ -393,7 +393,7 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, next func() []uint64) error {
 			return err
 		}
 		s.Generation = r.generation
-		if s.Count() != r.count {
+		if s.Total != r.count {
 			snap.Series = append(snap.Series, s)
 		}
 		for w := uint32(kmaps.RowSum); w < t.layout.Stride(); w++ {

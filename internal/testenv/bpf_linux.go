@@ -3,35 +3,31 @@
 package testenv
 
 import (
-	"errors"
 	"os"
-	"strings"
-
-	"github.com/cilium/ebpf"
 )
 
-// LoadedPrograms counts the BPF programs loaded in the kernel whose name
-// starts with prefix (kernel names are cut to 15 characters).
-func LoadedPrograms(prefix string) (int, error) {
-	n := 0
-	var id ebpf.ProgramID
-	for {
-		next, err := ebpf.ProgramGetNextID(id)
-		if errors.Is(err, os.ErrNotExist) {
-			return n, nil
-		}
+// BPFObjects counts this process's open BPF programs, maps and links (by
+// their file descriptors). Unlike LoadedPrograms it is not disturbed by
+// other processes, such as test binaries of other packages running in
+// parallel.
+func BPFObjects() (progs, maps, links int, err error) {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	for _, e := range entries {
+		target, err := os.Readlink("/proc/self/fd/" + e.Name())
 		if err != nil {
-			return n, err
+			continue // closed meanwhile (the ReadDir fd itself, say)
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue // unloaded meanwhile
-		}
-		info, err := p.Info()
-		p.Close()
-		if err == nil && strings.HasPrefix(info.Name, prefix) {
-			n++
+		switch target {
+		case "anon_inode:bpf-prog":
+			progs++
+		case "anon_inode:bpf-map":
+			maps++
+		case "anon_inode:bpf_link":
+			links++
 		}
 	}
+	return progs, maps, links, nil
 }
