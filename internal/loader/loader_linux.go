@@ -245,7 +245,13 @@ func attach(mode Mode, prog *ebpf.Program) (link.Link, error) {
 	case ModeRawTp:
 		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "tcp_probe", Program: prog})
 	case ModeTracepoint:
-		return link.Tracepoint("tcp", "tcp_probe", prog, nil)
+		l, err := link.Tracepoint("tcp", "tcp_probe", prog, nil)
+		if errors.Is(err, os.ErrPermission) {
+			// The event id is read from tracefs, which is root-only by
+			// default: CAP_BPF and CAP_PERFMON do not cover it.
+			err = fmt.Errorf("%w (the tracepoint flavour reads tracefs, which needs CAP_DAC_READ_SEARCH or root)", err)
+		}
+		return l, err
 	}
 	return nil, fmt.Errorf("unknown attach mode %q", mode)
 }
@@ -514,8 +520,9 @@ func checkCapabilities() error {
 	if !has(capPerfmon) {
 		missing = append(missing, "CAP_PERFMON")
 	}
-	return fmt.Errorf("missing capabilities %v: %s; run as root or grant them "+
-		"(e.g. AmbientCapabilities=CAP_BPF CAP_PERFMON in a systemd unit)", missing, Requirement)
+	return fmt.Errorf("missing capabilities %v: tcprtt needs CAP_BPF and CAP_PERFMON (or root) to load "+
+		"its eBPF program; run as root or grant them (e.g. AmbientCapabilities=CAP_BPF CAP_PERFMON "+
+		"in a systemd unit, or setcap cap_bpf,cap_perfmon+ep on the binary)", missing)
 }
 
 func effectiveCapabilities() (uint64, error) {
