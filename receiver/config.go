@@ -13,6 +13,7 @@ import (
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/internal/netfilter"
 )
 
 // Config is the configuration of the tcprtt receiver. Every key is
@@ -205,14 +206,13 @@ func parsePorts(key string, ports []int) ([]uint16, error) {
 	return out, errors.Join(errs...)
 }
 
-// parsePrefixes accepts IPs (a /32 or /128) and CIDRs, IPv4 and IPv6.
-// IPv4-mapped IPv6 prefixes are turned into IPv4 ones, as the program
-// counts v4-mapped sockets as IPv4.
+// parsePrefixes accepts IPs and CIDRs, IPv4 and IPv6, by the rules of
+// netfilter.ParsePrefix.
 func parsePrefixes(key string, values []string) ([]netip.Prefix, error) {
 	var out []netip.Prefix
 	var errs []error
 	for i, v := range values {
-		p, err := parsePrefix(strings.TrimSpace(v))
+		p, err := netfilter.ParsePrefix(v)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("%s[%d]: %q %w", key, i, v, err))
 			continue
@@ -220,32 +220,6 @@ func parsePrefixes(key string, values []string) ([]netip.Prefix, error) {
 		out = append(out, p)
 	}
 	return out, errors.Join(errs...)
-}
-
-func parsePrefix(s string) (netip.Prefix, error) {
-	var p netip.Prefix
-	if strings.Contains(s, "/") {
-		var err error
-		if p, err = netip.ParsePrefix(s); err != nil {
-			return p, errors.New("is not a valid CIDR (want e.g. 10.0.0.0/8 or 2001:db8::/32)")
-		}
-		if p.Masked() != p {
-			return p, fmt.Errorf("has host bits set; did you mean %s?", p.Masked())
-		}
-	} else {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			return p, errors.New("is not a valid IP address or CIDR")
-		}
-		if a.Zone() != "" {
-			return p, errors.New("has an IPv6 zone, which cannot be matched")
-		}
-		p = netip.PrefixFrom(a, a.BitLen())
-	}
-	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
-		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
-	}
-	return p, nil
 }
 
 // loaderSpec turns a validated Config into the program's spec.

@@ -349,25 +349,6 @@ func TestValidateAccepts(t *testing.T) {
 	}
 }
 
-func TestParsePrefix(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"10.0.0.0/8", "10.0.0.0/8"},
-		{"10.1.2.3", "10.1.2.3/32"},
-		{"2001:db8::/32", "2001:db8::/32"},
-		{"2001:db8::1", "2001:db8::1/128"},
-		{"::ffff:10.0.0.0/104", "10.0.0.0/8"},
-		{"::ffff:10.1.2.3", "10.1.2.3/32"},
-		{"::ffff:0.0.0.0/96", "0.0.0.0/0"},
-		{"::/0", "::/0"},
-		{"0.0.0.0/0", "0.0.0.0/0"},
-	}
-	for _, tt := range tests {
-		p, err := parsePrefix(tt.in)
-		require.NoError(t, err, tt.in)
-		assert.Equal(t, netip.MustParsePrefix(tt.want), p, tt.in)
-	}
-}
-
 func TestLoaderSpec(t *testing.T) {
 	c := createDefaultConfig()
 	c.GroupBy = []string{"local_port", "remote_address"}

@@ -32,6 +32,22 @@ var AutoOrder = []Mode{ModeFentry, ModeTpBtf, ModeRawTp, ModeTracepoint}
 // Modes lists every valid Mode, for validation and docs.
 func Modes() []Mode { return append([]Mode{ModeAuto}, AutoOrder...) }
 
+// Hook names the kernel hook of m ("tp_btf/tcp_probe"), or m itself for
+// auto and unknown modes.
+func (m Mode) Hook() string {
+	switch m {
+	case ModeFentry:
+		return "fentry/tcp_rcv_established"
+	case ModeTpBtf:
+		return "tp_btf/tcp_probe"
+	case ModeRawTp:
+		return "raw_tp/tcp_probe"
+	case ModeTracepoint:
+		return "tracepoint/tcp/tcp_probe"
+	}
+	return string(m)
+}
+
 // Valid reports whether m is a known mode.
 func (m Mode) Valid() bool {
 	for _, v := range Modes() {
