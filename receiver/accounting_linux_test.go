@@ -218,8 +218,8 @@ func TestDeltasAddUpToCumulative(t *testing.T) {
 	peer := cum.Key.RemoteAddress().String()
 	assert.Equal(t, server.String(), peer)
 	assert.Equal(t, cum.Zero, sums[peer][zeroBucket])
-	for pos, n := range cum.Buckets {
-		idx := s.converter.Table().MinIndex + int32(pos)
+	for i, n := range cum.Buckets {
+		idx := s.converter.Table().MinIndex + int32(cum.Offset+i)
 		assert.Equal(t, n, sums[peer][idx], "bucket %d", idx)
 	}
 	assert.Equal(t, cum.Count(), counts)

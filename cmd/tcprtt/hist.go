@@ -43,22 +43,22 @@ type seriesID struct {
 
 // cumulative is the last kernel reading of one series.
 type cumulative struct {
-	zero, sum uint64
-	buckets   []uint64
-	round     uint64
+	last  kmaps.Series // its own copy of the buckets
+	round uint64
 }
 
 // intervals turns the kernel's cumulative snapshots into the histograms of
 // each interval: the maps are never cleared, so every sample counted
 // between two reads lands in exactly one interval.
 type intervals struct {
-	groupBy kmaps.GroupBy
-	prev    map[seriesID]*cumulative
-	round   uint64
+	groupBy    kmaps.GroupBy
+	numBuckets int // positions of the table
+	prev       map[seriesID]*cumulative
+	round      uint64
 }
 
-func newIntervals(groupBy kmaps.GroupBy) *intervals {
-	return &intervals{groupBy: groupBy, prev: map[seriesID]*cumulative{}}
+func newIntervals(groupBy kmaps.GroupBy, numBuckets uint32) *intervals {
+	return &intervals{groupBy: groupBy, numBuckets: int(numBuckets), prev: map[seriesID]*cumulative{}}
 }
 
 // next returns the histograms of the samples counted since the previous
@@ -76,12 +76,13 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 		id := seriesID{key: s.Key, overflow: s.Overflow, slot: s.Slot, generation: s.Generation}
 		p, ok := iv.prev[id]
 		if !ok {
-			p = &cumulative{buckets: make([]uint64, len(s.Buckets))}
+			p = &cumulative{}
 			iv.prev[id] = p
 		}
 		p.round = iv.round
-		if s.Zero == p.zero && slices.Equal(s.Buckets, p.buckets) {
-			continue // idle: nothing to show, nothing to update
+		last := &p.last
+		if s.Total == last.Total {
+			continue // idle (counts only grow): nothing to show, nothing to update
 		}
 
 		dk := displayKey{overflow: s.Overflow}
@@ -90,16 +91,17 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 		}
 		h := merged[dk]
 		if h == nil {
-			h = &histogram{addr: dk.addr, overflow: dk.overflow, buckets: make([]uint64, len(s.Buckets))}
+			h = &histogram{addr: dk.addr, overflow: dk.overflow, buckets: make([]uint64, iv.numBuckets)}
 			merged[dk] = h
 		}
-		h.zero += s.Zero - p.zero
-		h.sum += s.Sum - p.sum
-		for b, v := range s.Buckets {
-			h.buckets[b] += v - p.buckets[b]
+		h.zero += s.Zero - last.Zero
+		h.sum += s.Sum - last.Sum
+		for i, v := range s.Buckets {
+			pos := s.Offset + i
+			h.buckets[pos] += v - last.Bucket(pos)
 		}
-		p.zero, p.sum = s.Zero, s.Sum
-		copy(p.buckets, s.Buckets) // s.Buckets aliases the read buffer
+		last.Zero, last.Sum, last.Total, last.Offset = s.Zero, s.Sum, s.Total, s.Offset
+		last.Buckets = append(last.Buckets[:0], s.Buckets...) // s.Buckets aliases the read buffer
 	}
 	for id, p := range iv.prev {
 		if p.round != iv.round {

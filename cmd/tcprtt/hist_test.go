@@ -35,6 +35,13 @@ func mustTable(t *testing.T, scale int, unit bucket.Unit) *bucket.Table {
 	return table
 }
 
+// byPosition spreads a summarized series' buckets over all positions.
+func byPosition(table *bucket.Table, s kmaps.Series) []uint64 {
+	out := make([]uint64, table.NumBuckets)
+	copy(out[s.Offset:], s.Buckets)
+	return out
+}
+
 // series builds the cumulative kernel row holding s, placed with the
 // kernel's own bucket algorithm (Table.Position).
 func series(table *bucket.Table, key kmaps.Key, s samples) kmaps.Series {
@@ -47,6 +54,7 @@ func series(table *bucket.Table, key kmaps.Key, s samples) kmaps.Series {
 		}
 		out.Buckets[table.Position(raw)] += n
 	}
+	out.Summarize() // as the loader's read does
 	return out
 }
 
@@ -96,7 +104,7 @@ func golden(t *testing.T, name, got string) {
 // returns the output of the last.
 func render(t *testing.T, r *renderer, stamp string, snaps ...*kmaps.Snapshot) string {
 	t.Helper()
-	iv := newIntervals(r.groupBy)
+	iv := newIntervals(r.groupBy, r.table.NumBuckets)
 	var out bytes.Buffer
 	for _, s := range snaps {
 		out.Reset()
@@ -280,7 +288,7 @@ func TestGolden(t *testing.T) {
 func TestIntervalsDelta(t *testing.T) {
 	table := mustTable(t, 0, bucket.Microseconds)
 	key := remoteKey("127.0.0.3")
-	iv := newIntervals(kmaps.GroupRemoteAddress)
+	iv := newIntervals(kmaps.GroupRemoteAddress, table.NumBuckets)
 
 	s1 := series(table, key, samples{us(20): 5})
 	hs := iv.next(&kmaps.Snapshot{Series: []kmaps.Series{s1}})
@@ -321,7 +329,7 @@ func TestRowRange(t *testing.T) {
 	ms0 := mustTable(t, 0, bucket.Milliseconds)
 	firstRow := func(table *bucket.Table, s samples) string {
 		r := &renderer{table: table}
-		rows := r.rows(&histogram{buckets: series(table, kmaps.Key{}, s).Buckets})
+		rows := r.rows(&histogram{buckets: byPosition(table, series(table, kmaps.Key{}, s))})
 		return rows[0].low + " -> " + rows[0].high + " ... " + rows[len(rows)-1].low + " -> " + rows[len(rows)-1].high
 	}
 	for _, c := range []struct {

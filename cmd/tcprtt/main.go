@@ -70,7 +70,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		maxSeries: spec.MaxSeries,
 		extended:  opts.extended,
 	}
-	p := &printer{tracer: tracer, intervals: newIntervals(spec.GroupBy), r: r, out: out, timestamp: opts.timestamp}
+	p := &printer{tracer: tracer, intervals: newIntervals(spec.GroupBy, spec.Table.NumBuckets), r: r, out: out, timestamp: opts.timestamp}
 
 	if opts.duration > 0 {
 		fmt.Fprintf(out, "Tracing TCP RTT for %s secs.\n", formatSeconds(opts.duration))

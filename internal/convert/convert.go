@@ -64,9 +64,8 @@ type state struct {
 	attrs pcommon.Map       // built once per series
 	seen  uint64            // conversion round, to forget series that vanished
 
-	// Last exported counts (delta only).
-	zero, sum, total uint64
-	buckets          []uint64
+	// Last exported counts (delta only): a series, to reuse its layout.
+	prev kmaps.Series
 }
 
 // Converter converts snapshots of one program instance. It is not safe for
@@ -130,42 +129,37 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		id := seriesID{slot: s.Slot, generation: s.Generation}
 		st, ok := c.series[id]
 		if !ok || st.key != s.Key {
-			st = c.newState(s, last, delta)
+			st = c.newState(s, last)
 			c.series[id] = st
 		}
 		st.seen = c.round
 		if !delta {
-			var counts []uint64
-			if s.First >= 0 {
-				counts = s.Buckets[s.First : s.Last+1]
-			}
-			c.appendPoint(dps, st, s.Zero, s.Sum, s.Total, counts, s.First, st.start, ts)
+			c.appendPoint(dps, st, s.Zero, s.Sum, s.Total, s.Buckets, s.Offset, st.start, ts)
 			continue
 		}
-		if s.Total == st.total {
+		p := &st.prev
+		if s.Total == p.Total {
 			continue // no new samples
 		}
-		// Counts only grow, so the previous non-empty range lies within
-		// the current one.
 		c.delta = c.delta[:0]
 		first, lastPos := -1, -1
-		for b := max(s.First, 0); b <= s.Last; b++ {
-			d := s.Buckets[b] - st.buckets[b]
-			if d != 0 && first < 0 {
-				first = b
-			}
+		for i, v := range s.Buckets {
+			d := v - p.Bucket(s.Offset+i)
 			if d != 0 {
-				lastPos = b
+				if first < 0 {
+					first = i
+				}
+				lastPos = i
 			}
 			c.delta = append(c.delta, d)
 		}
 		var counts []uint64
 		if first >= 0 {
-			counts = c.delta[first-s.First : lastPos-s.First+1]
+			counts = c.delta[first : lastPos+1]
 		}
-		c.appendPoint(dps, st, s.Zero-st.zero, s.Sum-st.sum, s.Total-st.total, counts, first, last, ts)
-		st.zero, st.sum, st.total = s.Zero, s.Sum, s.Total
-		copy(st.buckets[s.First:s.Last+1], s.Buckets[s.First:s.Last+1])
+		c.appendPoint(dps, st, s.Zero-p.Zero, s.Sum-p.Sum, s.Total-p.Total, counts, s.Offset+first, last, ts)
+		p.Zero, p.Sum, p.Total, p.Offset = s.Zero, s.Sum, s.Total, s.Offset
+		p.Buckets = append(p.Buckets[:0], s.Buckets...) // s.Buckets aliases the read buffer
 	}
 	for id, st := range c.series {
 		if st.seen != c.round {
@@ -175,17 +169,14 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 	c.lastTime = now
 }
 
-func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp, delta bool) *state {
+func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {
 	st := &state{key: s.Key, start: start, attrs: pcommon.NewMap()}
 	c.setAttributes(st.attrs, s)
-	if delta {
-		st.buckets = make([]uint64, len(s.Buckets))
-	}
 	return st
 }
 
 // appendPoint appends one data point; counts are the bucket counts from
-// position first on (first < 0: no bucket).
+// position first on, non-empty at both ends (or none).
 func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, st *state,
 	zero, rawSum, count uint64, counts []uint64, first int, start, ts pcommon.Timestamp,
 ) {
@@ -198,7 +189,7 @@ func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, 
 	dp.SetZeroCount(zero)
 	dp.SetSum(float64(rawSum) / c.divisor)
 	dp.SetCount(count)
-	if first >= 0 {
+	if len(counts) > 0 {
 		dp.Positive().SetOffset(c.opts.Table.MinIndex + int32(first))
 		dp.Positive().BucketCounts().FromRaw(counts)
 	}

@@ -190,10 +190,10 @@ func TestDelta(t *testing.T) {
 			}
 		}
 	}
-	for pos, n := range second.Series[0].Buckets {
-		if n > 0 {
-			assert.Equal(t, n, total[table.MinIndex+int32(pos)], "bucket %d", table.MinIndex+int32(pos))
-		}
+	cum := second.Series[0]
+	for i, n := range cum.Buckets {
+		idx := table.MinIndex + int32(cum.Offset+i)
+		assert.Equal(t, n, total[idx], "bucket %d", idx)
 	}
 }
 
@@ -204,4 +204,40 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	assert.Error(t, err)
 	_, err = New(Options{Table: table, Temporality: "sometimes"})
 	assert.ErrorContains(t, err, "sometimes")
+}
+
+// BenchmarkAppend converts 10k series of 30 buckets, without the kernel.
+func BenchmarkAppend(b *testing.B) {
+	table, err := bucket.NewTable(3, bucket.Seconds)
+	require.NoError(b, err)
+	g := kmaps.GroupRemoteAddress
+	snap := &kmaps.Snapshot{}
+	for i := range 10000 {
+		s := kmaps.Series{Slot: uint32(i), Buckets: make([]uint64, table.NumBuckets)}
+		s.Key.Family = 4
+		s.Key.RemoteAddr = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}).As16()
+		for j := range 30 {
+			s.Buckets[100+j] = uint64(j + 1)
+		}
+		s.Sum = 123456
+		s.Summarize()
+		snap.Series = append(snap.Series, s)
+	}
+	for _, temp := range []Temporality{Cumulative, Delta} {
+		b.Run(string(temp), func(b *testing.B) {
+			c, err := New(Options{Table: table, GroupBy: g, Temporality: temp, Start: attach})
+			require.NoError(b, err)
+			b.ReportAllocs()
+			for b.Loop() {
+				if temp == Delta {
+					for i := range snap.Series {
+						snap.Series[i].Buckets[0]++
+						snap.Series[i].Total++
+					}
+				}
+				md := pmetric.NewMetrics()
+				c.Append(snap, scrape, md.ResourceMetrics().AppendEmpty().ScopeMetrics().AppendEmpty().Metrics())
+			}
+		})
+	}
 }

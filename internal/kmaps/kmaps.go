@@ -173,34 +173,49 @@ type Series struct {
 	Retired    bool // the final counts of a series expired for idleness
 	Slot       uint32
 	Generation uint32
-	Sum        uint64   // of raw srtt values, 1/8 µs
-	Zero       uint64   // samples with srtt 0
-	Buckets    []uint64 // by position (bucket index - table.MinIndex)
-
-	// Set by Summarize (DecodeRow calls it), so consumers need not scan
-	// all the buckets again.
-	Total       uint64 // Zero + Σ Buckets
-	First, Last int    // positions of the first and last non-empty bucket; -1 if none
+	Sum        uint64 // of raw srtt values, 1/8 µs
+	Zero       uint64 // samples with srtt 0
+	// Buckets are the counts of positions Offset, Offset+1, … (position =
+	// bucket index - table.MinIndex). Outside them every bucket is empty;
+	// after Summarize the first and last are non-empty (or there are none).
+	Buckets []uint64
+	Offset  int
+	Total   uint64 // Zero + Σ Buckets, set by Summarize
 }
 
-// Summarize computes Total, First and Last from the counts.
+// Summarize sets Total and trims Buckets to the non-empty range.
 func (s *Series) Summarize() {
-	s.Total, s.First, s.Last = s.Zero, -1, -1
+	s.Total = s.Zero
+	first, last := -1, -1
 	for i, c := range s.Buckets {
 		if c == 0 {
 			continue
 		}
 		s.Total += c
-		if s.First < 0 {
-			s.First = i
+		if first < 0 {
+			first = i
 		}
-		s.Last = i
+		last = i
 	}
+	if first < 0 {
+		s.Buckets, s.Offset = s.Buckets[:0], 0
+		return
+	}
+	s.Buckets = s.Buckets[first : last+1]
+	s.Offset += first
 }
 
 // Count is the number of samples of the series (Total, as of the last
 // Summarize).
 func (s *Series) Count() uint64 { return s.Total }
+
+// Bucket returns the count at position pos.
+func (s *Series) Bucket(pos int) uint64 {
+	if i := pos - s.Offset; i >= 0 && i < len(s.Buckets) {
+		return s.Buckets[i]
+	}
+	return 0
+}
 
 // Snapshot is one read of the kernel maps.
 type Snapshot struct {
@@ -208,8 +223,9 @@ type Snapshot struct {
 	Stats  Stats
 }
 
-// DecodeRow fills s from a row of the counts array. s.Buckets aliases row,
-// so a snapshot keeps its rows in one buffer and decodes without copying.
+// DecodeRow fills s from a row of the counts array and summarizes it.
+// s.Buckets aliases row (trimmed to the non-empty range), so decoding
+// copies nothing; keep the row as long as s is used.
 func DecodeRow(row []uint64, l Layout, s *Series) error {
 	if uint32(len(row)) != l.Stride() {
 		return fmt.Errorf("row of %d words, layout wants %d", len(row), l.Stride())
@@ -217,7 +233,7 @@ func DecodeRow(row []uint64, l Layout, s *Series) error {
 	s.Generation = uint32(row[RowGeneration])
 	s.Sum = row[RowSum]
 	s.Zero = row[RowZero]
-	s.Buckets = row[RowBuckets:]
+	s.Buckets, s.Offset = row[RowBuckets:], 0
 	s.Summarize()
 	return nil
 }

@@ -292,15 +292,18 @@ func TestDecodeRow(t *testing.T) {
 	assert.Equal(t, uint64(2+10+30+1), s.Count(), "the total is as of DecodeRow")
 	s.Summarize()
 	assert.Equal(t, uint64(2+10+31+1), s.Count())
-	assert.Equal(t, 0, s.First)
-	assert.Equal(t, 3, s.Last)
+	assert.Equal(t, 0, s.Offset)
+	assert.Len(t, s.Buckets, 4)
 
 	var s2 kmaps.Series
 	require.NoError(t, kmaps.DecodeRow(buf[stride:], l, &s2))
 	assert.Equal(t, uint32(8), s2.Generation)
 	assert.Equal(t, uint64(2000), s2.Sum)
 	assert.Equal(t, uint64(5), s2.Count())
-	assert.Same(t, &buf[stride+kmaps.RowBuckets], &s2.Buckets[0])
+	// Trimmed to the one non-empty bucket, position 1, still aliasing.
+	assert.Equal(t, 1, s2.Offset)
+	assert.Equal(t, []uint64{5}, s2.Buckets)
+	assert.Same(t, &buf[stride+kmaps.RowBuckets+1], &s2.Buckets[0])
 }
 
 func TestDecodeRowGenerationIsU32(t *testing.T) {
@@ -333,13 +336,18 @@ func TestSeriesSummarize(t *testing.T) {
 	assert.Equal(t, uint64(6), count(kmaps.Series{Buckets: []uint64{1, 2, 3}}))
 	assert.Equal(t, uint64(10), count(kmaps.Series{Zero: 4, Buckets: []uint64{1, 2, 3}, Sum: 1 << 40}))
 
-	s := kmaps.Series{Zero: 1, Buckets: []uint64{0, 0, 5, 0, 7, 0}}
+	s := kmaps.Series{Zero: 1, Buckets: []uint64{0, 0, 5, 0, 7, 0}, Offset: 10}
 	s.Summarize()
 	assert.Equal(t, uint64(13), s.Total)
-	assert.Equal(t, 2, s.First)
-	assert.Equal(t, 4, s.Last)
+	assert.Equal(t, 12, s.Offset, "trimmed to the first non-empty bucket")
+	assert.Equal(t, []uint64{5, 0, 7}, s.Buckets)
+	assert.Equal(t, uint64(5), s.Bucket(12))
+	assert.Equal(t, uint64(0), s.Bucket(13))
+	assert.Equal(t, uint64(7), s.Bucket(14))
+	assert.Equal(t, uint64(0), s.Bucket(11))
+	assert.Equal(t, uint64(0), s.Bucket(15))
 	s = kmaps.Series{Zero: 2, Buckets: []uint64{0, 0}}
 	s.Summarize()
-	assert.Equal(t, -1, s.First, "no non-empty bucket")
-	assert.Equal(t, -1, s.Last)
+	assert.Empty(t, s.Buckets, "no non-empty bucket")
+	assert.Equal(t, uint64(2), s.Total)
 }

@@ -62,6 +62,7 @@ type Tracer struct {
 	keys []kmaps.Key
 	refs []kmaps.Ref
 
+	scratch  []uint64 // one row
 	now      func() time.Time
 	activity []activity // by slot
 	retiring []retired
@@ -135,6 +136,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		free:   coll.Maps[bpf.TcprttMapFreeSlots],
 		stats:  coll.Maps[bpf.TcprttMapStats],
 
+		scratch:  make([]uint64, spec.Layout().Stride()),
 		now:      time.Now,
 		activity: make([]activity, spec.MaxSeries),
 	}
@@ -290,8 +292,9 @@ func (t *Tracer) KernelMemory() (uint64, error) {
 func (t *Tracer) Program() *ebpf.Program { return t.prog }
 
 // Read fills snap with the current state of the maps, reusing its
-// buffers. Rows are read in place from the mmapped counts array with
-// atomic loads, so a concurrent increment is never torn.
+// buffers (rows holds the series' bucket counts). Rows are read from the
+// mmapped counts array with atomic loads, so a concurrent increment is
+// never torn.
 //
 // Read also expires idle series (Spec.IdleTimeout): a series whose counts
 // did not change for that long is removed from the index, so a new socket
@@ -307,41 +310,34 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if err := t.readIndex(); err != nil {
 		return err
 	}
-	stride := int(t.layout.Stride())
-	need := (len(t.keys) + len(t.retiring) + 1) * stride
+	// Each series keeps only its non-empty bucket range, packed into rows;
+	// the capacity covers the worst case, so appends never move earlier
+	// series' buckets.
+	need := (len(t.keys) + len(t.retiring) + 1) * int(t.layout.NumBuckets)
 	if cap(*rows) < need {
-		*rows = make([]uint64, need)
+		*rows = make([]uint64, 0, need)
 	}
-	buf := (*rows)[:need]
-	next := func() []uint64 {
-		row := buf[:stride:stride]
-		buf = buf[stride:]
-		return row
-	}
+	packed := (*rows)[:0]
 	snap.Series = snap.Series[:0]
 
-	if err := t.freeRetired(snap, next); err != nil {
+	if err := t.freeRetired(snap, &packed); err != nil {
 		return err
 	}
 	for i, ref := range t.refs {
-		row := next()
-		t.loadRow(ref.Slot, row)
-		if uint32(row[kmaps.RowGeneration]) != ref.Generation {
-			continue // recycled since the index was read
-		}
-		snap.Series = append(snap.Series, kmaps.Series{Key: t.keys[i], Slot: ref.Slot})
-		s := &snap.Series[len(snap.Series)-1]
-		if err := kmaps.DecodeRow(row, t.layout, s); err != nil {
+		s := kmaps.Series{Key: t.keys[i], Slot: ref.Slot}
+		if err := t.readSeries(&s, &packed); err != nil {
 			return err
 		}
-		if err := t.trackActivity(s, now); err != nil {
+		if s.Generation != ref.Generation {
+			continue // recycled since the index was read
+		}
+		snap.Series = append(snap.Series, s)
+		if err := t.trackActivity(&snap.Series[len(snap.Series)-1], now); err != nil {
 			return err
 		}
 	}
-	overflow := next()
-	t.loadRow(t.layout.OverflowSlot(), overflow)
 	o := kmaps.Series{Overflow: true, Slot: t.layout.OverflowSlot()}
-	if err := kmaps.DecodeRow(overflow, t.layout, &o); err != nil {
+	if err := t.readSeries(&o, &packed); err != nil {
 		return err
 	}
 	if o.Total > 0 {
@@ -390,12 +386,10 @@ func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
 // freeRetired reads the rows retired at the previous Read a last time,
 // reports those that changed since, zeroes them and returns their slots
 // to the free queue.
-func (t *Tracer) freeRetired(snap *kmaps.Snapshot, next func() []uint64) error {
+func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 	for _, r := range t.retiring {
-		row := next()
-		t.loadRow(r.slot, row)
 		s := kmaps.Series{Key: r.key, Slot: r.slot, Retired: true}
-		if err := kmaps.DecodeRow(row, t.layout, &s); err != nil {
+		if err := t.readSeries(&s, packed); err != nil {
 			return err
 		}
 		s.Generation = r.generation
@@ -420,6 +414,21 @@ func (t *Tracer) wordPointer(slot, word uint32) *uint64 {
 
 func (t *Tracer) storeWord(slot, word uint32, v uint64) {
 	atomic.StoreUint64(t.wordPointer(slot, word), v)
+}
+
+// readSeries decodes the row of s.Slot and appends its non-empty bucket
+// range to packed, which s.Buckets then aliases. The row is first copied
+// to a scratch row that stays in cache; only the few non-empty buckets
+// are kept.
+func (t *Tracer) readSeries(s *kmaps.Series, packed *[]uint64) error {
+	t.loadRow(s.Slot, t.scratch)
+	if err := kmaps.DecodeRow(t.scratch, t.layout, s); err != nil {
+		return err
+	}
+	start := len(*packed)
+	*packed = append(*packed, s.Buckets...)
+	s.Buckets = (*packed)[start:len(*packed):len(*packed)]
+	return nil
 }
 
 func (t *Tracer) loadRow(slot uint32, row []uint64) {
