@@ -32,8 +32,8 @@ import (
 func main() {
 	events := flag.Int("round-trips", 20000, "request/response round trips per per-event measurement")
 	repeats := flag.Int("repeats", 3, "measurements per attach order")
-	tpRuns := flag.Int("throughput-runs", 7, "A/B alternations of the throughput measurement")
-	tpTime := flag.Duration("throughput-time", time.Second, "duration of one throughput run")
+	tpRuns := flag.Int("throughput-runs", 20, "A/B pairs of the throughput measurement")
+	tpTime := flag.Duration("throughput-time", 500*time.Millisecond, "duration of one throughput run")
 	flag.Parse()
 
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
@@ -280,28 +280,39 @@ func drive(conns int, stop func(*atomic.Int64) bool) float64 {
 }
 
 // throughput alternates runs without and with the receiver's program
-// attached and compares the medians.
+// attached, in ABBA order so that a drift of the machine's speed cancels
+// out, and reports the medians and the median of the per-pair ratios.
 func throughput(spec loader.Spec, runs int, d time.Duration) {
 	const conns = 4
 	timed := func() float64 {
 		deadline := time.Now().Add(d)
 		return drive(conns, func(*atomic.Int64) bool { return time.Now().After(deadline) })
 	}
-	var without, with []float64
-	for range runs {
-		without = append(without, timed())
+	withTcprtt := func() float64 {
 		t, err := loader.Open(spec)
 		if err != nil {
 			fail("%v", err)
 		}
-		with = append(with, timed())
-		t.Close()
+		defer t.Close()
+		return timed()
 	}
-	a, b := median(without), median(with)
-	fmt.Printf("   %d connections, %d alternating runs of %s each\n", conns, runs, d)
-	fmt.Printf("   without tcprtt: median %8.0f tx/s  (runs %v)\n", a, rounded(without))
-	fmt.Printf("   with tcprtt:    median %8.0f tx/s  (runs %v)\n", b, rounded(with))
-	fmt.Printf("   ratio with/without: %.3f\n", b/a)
+	var without, with, ratios []float64
+	for i := range runs {
+		var a, b float64
+		if i%2 == 0 {
+			a = timed()
+			b = withTcprtt()
+		} else {
+			b = withTcprtt()
+			a = timed()
+		}
+		without, with, ratios = append(without, a), append(with, b), append(ratios, b/a)
+	}
+	fmt.Printf("   %d connections, %d ABBA pairs of %s runs\n", conns, runs, d)
+	fmt.Printf("   without tcprtt: median %8.0f tx/s  (runs %v)\n", median(without), rounded(without))
+	fmt.Printf("   with tcprtt:    median %8.0f tx/s  (runs %v)\n", median(with), rounded(with))
+	fmt.Printf("   ratio with/without: %.3f (median of pair ratios; ratio of medians %.3f)\n",
+		median(ratios), median(with)/median(without))
 }
 
 func rounded(v []float64) []int {
