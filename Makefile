@@ -3,7 +3,18 @@
 #   make otelcol        build build/otelcol-tcprtt/otelcol-tcprtt with ocb from builder-config.yaml
 #   sudo make run       build it and run it with testdata/otelcol-debug.yaml (needs root for BPF)
 #   make run SUDO=sudo  same, but build as you and only run the collector with sudo
-#   make e2e            end-to-end test (as root; builds the collector if needed)
+#   make test           gofmt and go vet checks, then go test -race on every package (kernel and
+#                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
+#   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
+#   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
+#                       endpoint and against a real Prometheus, privileges, config validation;
+#                       builds the collector and, once (~7-9 min cold), Prometheus
+#   make prometheus     install Prometheus (PROMETHEUS_VERSION) into the cache dir TCPRTT_CACHE
+#                       (default ~/.cache/tcprtt, outside the clone) if it is missing
+#   make validate-configs  every shipped collector config (README, docs/, testdata/, deploy/) passes
+#                       `otelcol-tcprtt validate`
+#   make cross          `go build` and test compilation of every package for darwin and windows
+#   make cross-otelcol  ocb builds of otelcol-tcprtt for darwin/arm64 and windows/amd64
 
 # Go toolchain. root's PATH under sudo often lacks /usr/local/go/bin: fall back to it.
 ifeq ($(origin GO),undefined)
@@ -26,9 +37,24 @@ OTELCOL        := $(OTELCOL_DIR)/$(OTELCOL_NAME)
 RUN_CONFIG     ?= testdata/otelcol-debug.yaml
 SUDO           ?=
 
+# Tools too slow to rebuild per clone live in a cache outside the clone (CI
+# reuses the machine's). Same default as the tests: $XDG_CACHE_HOME or ~/.cache.
+TCPRTT_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tcprtt
+export TCPRTT_CACHE
+# Prometheus 3 as the e2e backend (module v0.3xx.y = Prometheus 3.xx.y).
+PROMETHEUS_VERSION ?= v0.316.0
+PROMETHEUS_DIR     ?= $(TCPRTT_CACHE)/prometheus-$(PROMETHEUS_VERSION)
+PROMETHEUS         ?= $(PROMETHEUS_DIR)/prometheus
+
+# make cross: platforms, and an optional grep -E pattern of packages to leave out.
+CROSS_PLATFORMS ?= darwin/amd64 darwin/arm64 windows/amd64
+CROSS_EXCLUDE   ?=
+# make cross-otelcol: platforms built with ocb, each into build/otelcol-tcprtt-OS-ARCH/.
+CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
+
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -37,8 +63,53 @@ otelcol: $(OCB)
 run: otelcol
 	$(SUDO) $(OTELCOL) --config $(RUN_CONFIG)
 
-e2e: otelcol
-	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_REQUIRE_BPF=1 $(GO) test -count=1 -v ./internal/e2e/
+# The e2e package needs the collector and Prometheus: build both first.
+test: otelcol prometheus
+	@unformatted=$$(find . -name '*.go' -not -path './build/*' -not -path './.git/*' | xargs gofmt -l); \
+		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) $(GO) test -race -count=1 ./...
+
+generate:
+	$(GO) generate ./bpf/
+
+e2e: otelcol prometheus
+	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
+		$(GO) test -count=1 -v ./internal/e2e/
+
+# Installed only if missing: `go install` writes the binary last, so an
+# interrupted build leaves nothing behind.
+prometheus: $(PROMETHEUS)
+
+$(PROMETHEUS):
+	@echo "building Prometheus $(PROMETHEUS_VERSION) into $(PROMETHEUS_DIR) (about 7-9 minutes cold)"
+	cd / && GOBIN=$(PROMETHEUS_DIR) $(GO) install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION)
+
+# Needs no privileges: validate only builds and checks the config.
+validate-configs: otelcol
+	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) $(GO) test -count=1 -v -run '^(TestConfigsValidate|TestDeployManifests)$$' ./internal/e2e/
+
+# The receiver's factory exists on every platform (Start fails there), so a
+# multi-platform collector build that includes tcprtt must compile. Test files
+# are compiled too (run with -exec true, i.e. not run).
+cross:
+	@set -e; for p in $(CROSS_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; \
+		pkgs=$$(GOOS=$$os GOARCH=$$arch $(GO) list ./... | { grep -Ev '$(or $(CROSS_EXCLUDE),^$$)' || true; }); \
+		echo "GOOS=$$os GOARCH=$$arch: go build, then test compilation"; \
+		GOOS=$$os GOARCH=$$arch $(GO) build $$pkgs; \
+		GOOS=$$os GOARCH=$$arch $(GO) test -count=1 -run '^$$' -exec true $$pkgs >/dev/null; \
+	done; echo "cross: ok ($(CROSS_PLATFORMS))"
+
+# ocb passes GOOS/GOARCH through to `go build`; each platform gets its own
+# copy of builder-config.yaml with its own output_path.
+cross-otelcol: $(OCB)
+	@set -e; mkdir -p build/cross; for p in $(CROSS_OTELCOL_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=build/$(OTELCOL_NAME)-$$os-$$arch; \
+		sed "s#^\(  output_path:\).*#\1 ./$$out#" $(OTELCOL_CONFIG) > build/cross/builder-config-$$os-$$arch.yaml; \
+		echo "ocb GOOS=$$os GOARCH=$$arch -> $$out"; \
+		GOOS=$$os GOARCH=$$arch $(OCB) --config build/cross/builder-config-$$os-$$arch.yaml; \
+	done
 
 ocb: $(OCB)
 
@@ -46,4 +117,4 @@ $(OCB):
 	GOBIN=$(OCB_DIR) $(GO) install go.opentelemetry.io/collector/cmd/builder@$(OCB_VERSION)
 
 clean:
-	rm -rf $(OTELCOL_DIR)
+	rm -rf $(OTELCOL_DIR) build/cross $(foreach p,$(CROSS_OTELCOL_PLATFORMS),build/$(OTELCOL_NAME)-$(subst /,-,$(p)))

@@ -16,8 +16,15 @@ import (
 // output fields are not collector-specific.
 func startProcess(t *testing.T, bin string, args ...string) *collector {
 	t.Helper()
+	return startProcessEnv(t, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with the environment env (nil: the test's).
+func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *collector {
+	t.Helper()
 	c := &collector{stderr: &syncBuffer{}, done: make(chan struct{})}
 	c.cmd = exec.Command(bin, args...)
+	c.cmd.Env = env
 	c.cmd.Stdout = c.stderr
 	c.cmd.Stderr = c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

@@ -72,6 +72,15 @@ var (
 		slowClient.String(): "slow pair, server side",
 	}
 	promQuantiles = []float64{0.5, 0.99}
+
+	// promDocQueries are the PromQL examples of docs/prometheus.md.
+	promDocQueries = []string{
+		`histogram_quantile(0.5, sum by (network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
+		`histogram_quantile(0.99, sum by (network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
+		`histogram_avg(rate(tcp_rtt_seconds[5m]))`,
+		`histogram_count(rate(tcp_rtt_seconds[5m]))`,
+		`histogram_fraction(0, 0.001, rate(tcp_rtt_seconds[5m]))`,
+	}
 )
 
 func TestPrometheusNativeHistogram(t *testing.T) {
@@ -115,8 +124,11 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	for _, q := range promQuantiles {
 		quantiles[q] = queryVector(t, prom, fmt.Sprintf("histogram_quantile(%g, %s)", q, promMetric))
 	}
-	// The per-peer p99 of the last minute, as docs/prometheus.md shows it.
-	rate99 := queryVector(t, prom, "histogram_quantile(0.99, sum by ("+promPeerLabel+") (rate("+promMetric+"[1m])))")
+	// The queries docs/prometheus.md shows: one finite result per peer.
+	docResults := make([]map[string]float64, len(promDocQueries))
+	for i, q := range promDocQueries {
+		docResults[i] = queryVector(t, prom, q)
+	}
 
 	peers := sortedKeys(final)
 	for _, peer := range peers {
@@ -132,16 +144,19 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 			}
 			b := quantileBucket(dp, q)
 			lo, hi := neighbourhood(dp, b)
-			t.Logf("  p%g: receiver bucket %s (index %s), Prometheus-style interpolation %s | PromQL histogram_quantile=%s",
-				q*100, b.interval(), b.name(), fmtSeconds(interpolate(dp, q)), fmtSeconds(got))
+			model := interpolate(dp, q)
+			t.Logf("  p%g: receiver bucket %s (index %s), Prometheus-style interpolation %s (%.6g) | PromQL histogram_quantile=%s (%.6g)",
+				q*100, b.interval(), b.name(), fmtSeconds(model), model, fmtSeconds(got), got)
 			assert.True(t, got >= lo*(1-1e-12) && got <= hi*(1+1e-12),
 				"histogram_quantile(%g) for peer %s = %g, not within one bucket of the receiver's bucket %s: want [%g, %g]",
 				q, peer, got, b.interval(), lo, hi)
 		}
-		r, ok := rate99[peer]
-		if assert.True(t, ok, "per-peer p99 over rate[1m] has no result for peer %s", peer) {
-			assert.False(t, math.IsNaN(r) || math.IsInf(r, 0), "per-peer p99 over rate[1m] for peer %s = %g", peer, r)
-			t.Logf("  p99 over rate(%s[1m]): %s", promMetric, fmtSeconds(r))
+		for i, q := range promDocQueries {
+			r, ok := docResults[i][peer]
+			if assert.True(t, ok, "%s has no result for peer %s", q, peer) {
+				assert.False(t, math.IsNaN(r) || math.IsInf(r, 0), "%s for peer %s = %g", q, peer, r)
+				t.Logf("  %s = %g", q, r)
+			}
 		}
 	}
 
@@ -446,7 +461,7 @@ type promResponse struct {
 }
 
 type promSample struct {
-	Metric    map[string]string  `json:"metric"`
+	Metric    map[string]string   `json:"metric"`
 	Value     *[2]json.RawMessage `json:"value"`     // [time, "float"]
 	Histogram *[2]json.RawMessage `json:"histogram"` // [time, promHistogram]
 }
