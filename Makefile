@@ -6,6 +6,7 @@
 #   make test           gofmt and go vet checks, then go test -race on every package (kernel and
 #                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
+#   make bench          per-event cost, throughput, kernel memory and scrape benchmarks (as root)
 #   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
 #                       endpoint and against a real Prometheus, privileges, config validation;
 #                       builds the collector and, once (~7-9 min cold), Prometheus
@@ -54,7 +55,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -72,6 +73,13 @@ test: otelcol prometheus
 
 generate:
 	$(GO) generate ./bpf/
+
+# Cost of the program and the receiver (as root, on a quiet machine): per-event
+# run time vs an empty program, throughput A/B, kernel memory; then the scrape
+# benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap.
+bench:
+	$(GO) run ./internal/benchtool
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./internal/loader/ ./internal/convert/
 
 e2e: otelcol prometheus
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
