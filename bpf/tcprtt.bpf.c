@@ -262,20 +262,35 @@ static __always_inline void add_to_overflow(__u32 raw)
 		count_stat(STAT_ERRORS);
 }
 
-// read_srtt reads tcp_sock.srtt_us. With a BTF-typed socket (btf true)
-// bpf_skc_to_tcp_sock gives a typed pointer the program may load from
-// directly, which is cheaper than a probe read.
+// bpf_rdonly_cast (Linux 6.2+) turns a socket pointer into a BTF pointer
+// the program may load from directly; the verifier removes the call, so
+// a field read costs one load instead of a helper call. It is weak: on
+// older kernels its address is 0 and the helper-based reads are used.
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
+
+// cfg_rdonly_cast = false makes the program use the helper-based reads
+// even where the kfunc exists, so tests cover both.
+const volatile bool cfg_rdonly_cast = true;
+
+#define HAVE_RDONLY_CAST (cfg_rdonly_cast && &bpf_rdonly_cast != 0)
+
+// read_srtt reads tcp_sock.srtt_us; btf says whether sk is a BTF-typed
+// (trusted) pointer, as in fentry and tp_btf programs.
 static __always_inline bool read_srtt(struct sock *sk, const bool btf, __u32 *raw)
 {
-	if (btf) {
-		struct tcp_sock *tp = bpf_skc_to_tcp_sock(sk);
+	struct tcp_sock *tp;
 
-		if (!tp)
-			return false;
-		*raw = tp->srtt_us;
-		return true;
+	if (HAVE_RDONLY_CAST) {
+		tp = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock));
+	} else if (btf) {
+		tp = bpf_skc_to_tcp_sock(sk);
+	} else {
+		return !BPF_CORE_READ_INTO(raw, (struct tcp_sock *)sk, srtt_us);
 	}
-	return !BPF_CORE_READ_INTO(raw, (struct tcp_sock *)sk, srtt_us);
+	if (!tp)
+		return false;
+	*raw = tp->srtt_us;
+	return true;
 }
 
 static __always_inline bool is_v4_mapped(const __u8 *a)
@@ -295,26 +310,46 @@ static __always_inline void set_v4_mapped(__u8 *a, __be32 v4)
 	w[3] = v4;
 }
 
-// read_tuple fills key with the socket's full 4-tuple; false for families
-// other than IPv4/IPv6.
-static __always_inline bool read_tuple(struct sock *sk, struct series_key *key)
-{
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+// READ_TUPLE fills key with the 4-tuple of sk through READ(field), a
+// direct load or a probe read; it is false for families other than IPv4
+// and IPv6. IPv4 addresses are stored v4-mapped; a v4-mapped IPv6 socket
+// counts as IPv4.
+#define READ_TUPLE(sk, key, READ, READ_ADDR)                                   \
+	({                                                                     \
+		__u16 family = READ(sk, __sk_common.skc_family);               \
+		bool ok = true;                                                \
+		if (family == AF_INET) {                                       \
+			set_v4_mapped((key)->local_addr, READ(sk, __sk_common.skc_rcv_saddr)); \
+			set_v4_mapped((key)->remote_addr, READ(sk, __sk_common.skc_daddr)); \
+			(key)->family = 4;                                     \
+		} else if (family == AF_INET6) {                               \
+			READ_ADDR((key)->local_addr, sk, __sk_common.skc_v6_rcv_saddr); \
+			READ_ADDR((key)->remote_addr, sk, __sk_common.skc_v6_daddr); \
+			(key)->family = is_v4_mapped((key)->remote_addr) ? 4 : 6; \
+		} else {                                                       \
+			ok = false;                                            \
+		}                                                              \
+		(key)->local_port = READ(sk, __sk_common.skc_num);             \
+		(key)->remote_port = bpf_ntohs(READ(sk, __sk_common.skc_dport)); \
+		ok;                                                            \
+	})
 
-	if (family == AF_INET) {
-		set_v4_mapped(key->local_addr, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr));
-		set_v4_mapped(key->remote_addr, BPF_CORE_READ(sk, __sk_common.skc_daddr));
-		key->family = 4;
-	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(&key->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&key->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
-		key->family = is_v4_mapped(key->remote_addr) ? 4 : 6;
-	} else {
-		return false;
+#define LOAD(sk, field) ((sk)->field)
+#define LOAD_ADDR(dst, sk, field) __builtin_memcpy(dst, &(sk)->field, 16)
+#define PROBE(sk, field) BPF_CORE_READ(sk, field)
+#define PROBE_ADDR(dst, sk, field) BPF_CORE_READ_INTO(&(dst), sk, field.in6_u.u6_addr8)
+
+// read_tuple fills key with the socket's full 4-tuple.
+static __always_inline bool read_tuple(struct sock *sk, const bool btf, struct series_key *key)
+{
+	if (btf)
+		return READ_TUPLE(sk, key, LOAD, LOAD_ADDR);
+	if (HAVE_RDONLY_CAST) {
+		struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+
+		return READ_TUPLE(s, key, LOAD, LOAD_ADDR);
 	}
-	key->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	key->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	return true;
+	return READ_TUPLE(sk, key, PROBE, PROBE_ADDR);
 }
 
 static __always_inline bool port_allowed(__u32 direction, __u16 port)
@@ -424,7 +459,7 @@ static __always_inline int record(struct sock *sk, const bool cache)
 		}
 	}
 
-	if (!read_tuple(sk, &key)) {
+	if (!read_tuple(sk, cache, &key)) {
 		count_stat(STAT_ERRORS);
 		return 0;
 	}

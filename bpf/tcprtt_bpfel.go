@@ -71,6 +71,7 @@ const (
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
 	TcprttVarCfgMaxSeries      = "cfg_max_series"
+	TcprttVarCfgRdonlyCast     = "cfg_rdonly_cast"
 	TcprttVarCfgScale          = "cfg_scale"
 	TcprttVarCfgStride         = "cfg_stride"
 )
@@ -143,13 +144,14 @@ type TcprttMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttVariableSpecs struct {
-	CfgBuckets   *ebpf.VariableSpec `ebpf:"cfg_buckets"`
-	CfgFamily    *ebpf.VariableSpec `ebpf:"cfg_family"`
-	CfgFilters   *ebpf.VariableSpec `ebpf:"cfg_filters"`
-	CfgGroupBy   *ebpf.VariableSpec `ebpf:"cfg_group_by"`
-	CfgMaxSeries *ebpf.VariableSpec `ebpf:"cfg_max_series"`
-	CfgScale     *ebpf.VariableSpec `ebpf:"cfg_scale"`
-	CfgStride    *ebpf.VariableSpec `ebpf:"cfg_stride"`
+	CfgBuckets    *ebpf.VariableSpec `ebpf:"cfg_buckets"`
+	CfgFamily     *ebpf.VariableSpec `ebpf:"cfg_family"`
+	CfgFilters    *ebpf.VariableSpec `ebpf:"cfg_filters"`
+	CfgGroupBy    *ebpf.VariableSpec `ebpf:"cfg_group_by"`
+	CfgMaxSeries  *ebpf.VariableSpec `ebpf:"cfg_max_series"`
+	CfgRdonlyCast *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
+	CfgScale      *ebpf.VariableSpec `ebpf:"cfg_scale"`
+	CfgStride     *ebpf.VariableSpec `ebpf:"cfg_stride"`
 }
 
 // TcprttObjects contains all objects after they have been loaded into the kernel.
@@ -199,13 +201,14 @@ func (m *TcprttMaps) Close() error {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttVariables struct {
-	CfgBuckets   *ebpf.Variable `ebpf:"cfg_buckets"`
-	CfgFamily    *ebpf.Variable `ebpf:"cfg_family"`
-	CfgFilters   *ebpf.Variable `ebpf:"cfg_filters"`
-	CfgGroupBy   *ebpf.Variable `ebpf:"cfg_group_by"`
-	CfgMaxSeries *ebpf.Variable `ebpf:"cfg_max_series"`
-	CfgScale     *ebpf.Variable `ebpf:"cfg_scale"`
-	CfgStride    *ebpf.Variable `ebpf:"cfg_stride"`
+	CfgBuckets    *ebpf.Variable `ebpf:"cfg_buckets"`
+	CfgFamily     *ebpf.Variable `ebpf:"cfg_family"`
+	CfgFilters    *ebpf.Variable `ebpf:"cfg_filters"`
+	CfgGroupBy    *ebpf.Variable `ebpf:"cfg_group_by"`
+	CfgMaxSeries  *ebpf.Variable `ebpf:"cfg_max_series"`
+	CfgRdonlyCast *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
+	CfgScale      *ebpf.Variable `ebpf:"cfg_scale"`
+	CfgStride     *ebpf.Variable `ebpf:"cfg_stride"`
 }
 
 // TcprttPrograms contains all programs after they have been loaded into the kernel.

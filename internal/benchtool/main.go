@@ -52,8 +52,10 @@ func main() {
 	// throughput measurement.
 	stats.Close()
 
-	fmt.Println("\n2. Throughput: loopback request/response transactions per second")
-	throughput(defaultSpec(), *tpRuns, *tpTime)
+	if *tpRuns > 0 {
+		fmt.Println("\n2. Throughput: loopback request/response transactions per second")
+		throughput(defaultSpec(), *tpRuns, *tpTime)
+	}
 
 	fmt.Println("\n4. Kernel map memory (map info memlock)")
 	for _, n := range []uint32{1000, 10000} {

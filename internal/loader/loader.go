@@ -71,6 +71,10 @@ type Spec struct {
 	// IdleTimeout, if positive, expires series without new samples for
 	// that long, freeing their rows for new series.
 	IdleTimeout time.Duration
+	// HelperReads makes the program read sockets with BPF helpers as on
+	// kernels before 6.2, even where bpf_rdonly_cast allows direct loads
+	// (for tests of that path).
+	HelperReads bool
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8

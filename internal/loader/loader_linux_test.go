@@ -1,0 +1,100 @@
+//go:build linux
+
+package loader
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/tcprtt/tcprtt/internal/bucket"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
+	"github.com/tcprtt/tcprtt/internal/testenv"
+)
+
+func mountTracefs(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/sys/kernel/tracing/events"); err != nil {
+		if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+			t.Fatalf("mount tracefs for the tracepoint flavour: %v", err)
+		}
+	}
+}
+
+// TestSocketReads checks, for every flavour this kernel attaches and for
+// both ways of reading the socket (direct loads through bpf_rdonly_cast,
+// and the BPF helpers older kernels need), that the program files each
+// sample under the socket's exact 4-tuple and records the srtt the socket's
+// own TCP_INFO reports (read just before one more round trip).
+func TestSocketReads(t *testing.T) {
+	testenv.RequireBPF(t)
+	mountTracefs(t)
+	table, err := bucket.NewTable(3, bucket.Microseconds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := kmaps.GroupLocalAddress | kmaps.GroupRemoteAddress | kmaps.GroupLocalPort | kmaps.GroupRemotePort
+	for _, mode := range []Mode{ModeTpBtf, ModeRawTp, ModeTracepoint} {
+		for _, helpers := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/helper_reads=%v", mode, helpers), func(t *testing.T) {
+				tr, err := Open(Spec{Mode: mode, GroupBy: all, Table: table, MaxSeries: 64, HelperReads: helpers})
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tr.Close()
+				pairs := [][2]netip.Addr{
+					{netip.MustParseAddr("127.0.0.3"), netip.MustParseAddr("127.0.0.2")},
+					{netip.IPv6Loopback(), netip.IPv6Loopback()},
+				}
+				for _, pair := range pairs {
+					c := tcptest.Dial(t, pair[0], pair[1])
+					c.RoundTrips(t, 10)
+					before := clientSeries(t, tr, c)
+					info := c.ClientInfo(t)
+					c.RoundTrips(t, 1)
+					after := clientSeries(t, tr, c)
+					if n := after.Total - before.Total; n != 1 {
+						t.Fatalf("%d samples for one round trip, want 1", n)
+					}
+					raw := after.Sum - before.Sum
+					if uint32(raw>>3) != info.Rtt {
+						t.Errorf("recorded srtt %d/8 µs, TCP_INFO %d µs", raw, info.Rtt)
+					}
+					pos := int(table.Position(uint32(raw)))
+					if after.Bucket(pos)-before.Bucket(pos) != 1 {
+						t.Errorf("sample %d not in its bucket at position %d", raw, pos)
+					}
+				}
+			})
+		}
+	}
+}
+
+// clientSeries reads the series of c's client socket.
+func clientSeries(t *testing.T, tr *Tracer, c *tcptest.Conn) kmaps.Series {
+	t.Helper()
+	var snap kmaps.Snapshot
+	var rows []uint64
+	if err := tr.Read(&snap, &rows); err != nil {
+		t.Fatal(err)
+	}
+	local, remote := c.ClientAddr(), c.ServerAddr()
+	family := uint8(6)
+	if local.Addr().Is4() {
+		family = 4
+	}
+	for _, s := range snap.Series {
+		k := s.Key
+		if k.LocalAddress() == local.Addr() && k.LocalPort == local.Port() &&
+			k.RemoteAddress() == remote.Addr() && k.RemotePort == remote.Port() && k.Family == family {
+			s.Buckets = append([]uint64(nil), s.Buckets...) // rows is reused
+			return s
+		}
+	}
+	t.Fatalf("no series for %s -> %s among %d", local, remote, len(snap.Series))
+	return kmaps.Series{}
+}
