@@ -9,9 +9,12 @@
 // Layout of the kernel state (all sized by user space before load):
 //   series_index  hash   series key (masked 4-tuple) -> {slot, generation}
 //   free_slots    queue  slots not yet given to a series
-//   counts        array  one row of u64 per slot: [generation, sum of raw
-//                        srtt, zero count, bucket 0, bucket 1, ...]; the last
-//                        row (slot == cfg_max_series) is the overflow series
+//   counts        array  one row of u64 per slot: [generation, zero count,
+//                        bucket 0, bucket 1, ...]; the last row
+//                        (slot == cfg_max_series) is the overflow series
+//   sums          percpu array  per slot, the sum of raw srtt: per CPU, so
+//                        the hot path has one shared cache line to bounce
+//                        (the bucket's), not two
 //   sk_series     sk_storage  per-socket cache of the slot (or "filtered"),
 //                        so the per-segment path does no hashing at all
 //   stats         percpu array  samples filtered out, samples not placed
@@ -83,9 +86,8 @@ struct trace_event_raw_tcp_probe {
 
 // Row layout of the counts array.
 #define ROW_GENERATION 0
-#define ROW_SUM 1
-#define ROW_ZERO 2
-#define ROW_BUCKETS 3
+#define ROW_ZERO 1
+#define ROW_BUCKETS 2
 
 #define SLOT_FILTERED 0xffffffff
 
@@ -152,6 +154,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counts SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1); // set by the loader
+	__type(key, __u32);
+	__type(value, __u64);
+} sums SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
@@ -246,11 +255,11 @@ static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
 	if (raw)
 		word = ROW_BUCKETS + bucket_position(raw);
 	bucket = row_word(ref->slot, word);
-	sum = row_word(ref->slot, ROW_SUM);
+	sum = bpf_map_lookup_elem(&sums, &ref->slot);
 	if (!bucket || !sum)
 		return false;
 	__sync_fetch_and_add(bucket, 1);
-	__sync_fetch_and_add(sum, raw);
+	*sum += raw; // this CPU's: no atomic needed
 	return true;
 }
 

@@ -60,6 +60,7 @@ const (
 	TcprttMapSeriesIndex       = "series_index"
 	TcprttMapSkSeries          = "sk_series"
 	TcprttMapStats             = "stats"
+	TcprttMapSums              = "sums"
 	TcprttProgBenchEmpty       = "bench_empty"
 	TcprttProgBucketSelftest   = "bucket_selftest"
 	TcprttProgTcprttFentry     = "tcprtt_fentry"
@@ -138,6 +139,7 @@ type TcprttMapSpecs struct {
 	SeriesIndex *ebpf.MapSpec `ebpf:"series_index"`
 	SkSeries    *ebpf.MapSpec `ebpf:"sk_series"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	Sums        *ebpf.MapSpec `ebpf:"sums"`
 }
 
 // TcprttVariableSpecs contains global variables before they are loaded into the kernel.
@@ -182,6 +184,7 @@ type TcprttMaps struct {
 	SeriesIndex *ebpf.Map `ebpf:"series_index"`
 	SkSeries    *ebpf.Map `ebpf:"sk_series"`
 	Stats       *ebpf.Map `ebpf:"stats"`
+	Sums        *ebpf.Map `ebpf:"sums"`
 }
 
 func (m *TcprttMaps) Close() error {
@@ -194,6 +197,7 @@ func (m *TcprttMaps) Close() error {
 		m.SeriesIndex,
 		m.SkSeries,
 		m.Stats,
+		m.Sums,
 	)
 }
 

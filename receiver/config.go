@@ -87,7 +87,7 @@ const (
 	// array is bounded separately by maxKernelBytes.
 	maxSeriesLimit = 1_000_000
 	// maxKernelBytes bounds the counts array (max_series+1 rows of
-	// 3 + buckets u64 words), so a typo cannot pin gigabytes of kernel memory.
+	// 2 + buckets u64 words), so a typo cannot pin gigabytes of kernel memory.
 	maxKernelBytes = 1 << 30
 )
 

@@ -439,10 +439,10 @@ func TestLoaderSpecDefaults(t *testing.T) {
 }
 
 func TestKernelBytesLimit(t *testing.T) {
-	// The limit is on max_series+1 rows of 3+NumBuckets u64 words.
+	// The limit is on max_series+1 rows of RowBuckets+NumBuckets u64 words.
 	table, err := bucket.NewTable(8, bucket.Seconds)
 	require.NoError(t, err)
-	stride := uint64(3 + table.NumBuckets)
+	stride := uint64(kmaps.RowBuckets + table.NumBuckets)
 	// The largest max_series that fits in maxKernelBytes at scale 8.
 	largest := int(maxKernelBytes/(8*stride)) - 1
 	require.Greater(t, largest, 0)

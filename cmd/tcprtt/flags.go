@@ -390,7 +390,7 @@ func parsePrefixes(opt string, values []string, family uint8) ([]netip.Prefix, e
 }
 
 // Series limits. With -b/-B each address takes one row of
-// 3 + table.NumBuckets u64 counters in a kernel array sized at load time;
+// 2 + table.NumBuckets u64 counters in a kernel array sized at load time;
 // an address without samples for idleTimeout gives its row back (checked
 // at each print), as in the receiver.
 const (

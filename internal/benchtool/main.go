@@ -34,6 +34,7 @@ func main() {
 	repeats := flag.Int("repeats", 3, "measurements per attach order")
 	tpRuns := flag.Int("throughput-runs", 20, "A/B pairs of the throughput measurement")
 	tpTime := flag.Duration("throughput-time", 500*time.Millisecond, "duration of one throughput run")
+	tpSpec := flag.String("throughput-config", "default", "configuration for the throughput runs: default, heavy, or empty (the do-nothing program)")
 	flag.Parse()
 
 	fmt.Printf("tcprtt benchmark, %s, %d CPUs\n\n", time.Now().UTC().Format("2006-01-02"), numCPU())
@@ -54,7 +55,7 @@ func main() {
 
 	if *tpRuns > 0 {
 		fmt.Println("\n2. Throughput: loopback request/response transactions per second")
-		throughput(defaultSpec(), *tpRuns, *tpTime)
+		throughput(*tpSpec, *tpRuns, *tpTime)
 	}
 
 	fmt.Println("\n4. Kernel map memory (map info memlock)")
@@ -285,13 +286,27 @@ func drive(conns int, stop func(*atomic.Int64) bool) float64 {
 // throughput alternates runs without and with the receiver's program
 // attached, in ABBA order so that a drift of the machine's speed cancels
 // out, and reports the medians and the median of the per-pair ratios.
-func throughput(spec loader.Spec, runs int, d time.Duration) {
+func throughput(config string, runs int, d time.Duration) {
 	const conns = 4
 	timed := func() float64 {
 		deadline := time.Now().Add(d)
 		return drive(conns, func(*atomic.Int64) bool { return time.Now().After(deadline) })
 	}
 	withTcprtt := func() float64 {
+		if config == "empty" {
+			p := emptyProgram()
+			defer p.Close()
+			l, err := link.AttachTracing(link.TracingOptions{Program: p})
+			if err != nil {
+				fail("attach empty program: %v", err)
+			}
+			defer l.Close()
+			return timed()
+		}
+		spec := defaultSpec()
+		if config == "heavy" {
+			spec = heavySpec()
+		}
 		t, err := loader.Open(spec)
 		if err != nil {
 			fail("%v", err)
@@ -311,7 +326,7 @@ func throughput(spec loader.Spec, runs int, d time.Duration) {
 		}
 		without, with, ratios = append(without, a), append(with, b), append(ratios, b/a)
 	}
-	fmt.Printf("   %d connections, %d ABBA pairs of %s runs\n", conns, runs, d)
+	fmt.Printf("   %s config, %d connections, %d ABBA pairs of %s runs\n", config, conns, runs, d)
 	fmt.Printf("   without tcprtt: median %8.0f tx/s  (runs %v)\n", median(without), rounded(without))
 	fmt.Printf("   with tcprtt:    median %8.0f tx/s  (runs %v)\n", median(with), rounded(with))
 	fmt.Printf("   ratio with/without: %.3f (median of pair ratios; ratio of medians %.3f)\n",

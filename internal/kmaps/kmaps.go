@@ -120,12 +120,12 @@ func NewAddrFilterKey(dir Direction, prefix netip.Prefix) AddrFilterKey {
 	}
 }
 
-// Row layout of the counts array, in u64 words.
+// Row layout of the counts array, in u64 words. The sums are in their
+// own per-CPU array, indexed by slot.
 const (
 	RowGeneration = 0
-	RowSum        = 1
-	RowZero       = 2
-	RowBuckets    = 3
+	RowZero       = 1
+	RowBuckets    = 2
 )
 
 // Layout is the geometry of the counts array.
@@ -223,7 +223,8 @@ type Snapshot struct {
 	Stats  Stats
 }
 
-// DecodeRow fills s from a row of the counts array and summarizes it.
+// DecodeRow fills s from a row of the counts array (all but Sum, which
+// is kept per CPU in the sums array) and summarizes it.
 // s.Buckets aliases row (trimmed to the non-empty range), so decoding
 // copies nothing; keep the row as long as s is used.
 func DecodeRow(row []uint64, l Layout, s *Series) error {
@@ -231,7 +232,6 @@ func DecodeRow(row []uint64, l Layout, s *Series) error {
 		return fmt.Errorf("row of %d words, layout wants %d", len(row), l.Stride())
 	}
 	s.Generation = uint32(row[RowGeneration])
-	s.Sum = row[RowSum]
 	s.Zero = row[RowZero]
 	s.Buckets, s.Offset = row[RowBuckets:], 0
 	s.Summarize()

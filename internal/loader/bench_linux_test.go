@@ -55,7 +55,11 @@ func injected(tb testing.TB, n int) *Tracer {
 			t.storeWord(slot, kmaps.RowBuckets+first+b, uint64(b+1))
 			sum += uint64(b + 1)
 		}
-		t.storeWord(slot, kmaps.RowSum, sum*1000)
+		perCPU := make([]uint64, t.ncpu)
+		perCPU[0] = sum * 1000
+		if err := t.sums.Put(slot, perCPU); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	if _, err := t.index.BatchUpdate(keys, refs, &ebpf.BatchOptions{}); err != nil {
 		tb.Fatal(err)

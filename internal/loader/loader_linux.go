@@ -56,6 +56,7 @@ type Tracer struct {
 	index  *ebpf.Map
 	free   *ebpf.Map
 	stats  *ebpf.Map
+	sums   *ebpf.Map // per CPU
 	counts []byte // the counts array, mmapped
 
 	// Reused across reads.
@@ -63,6 +64,10 @@ type Tracer struct {
 	refs []kmaps.Ref
 
 	scratch  []uint64 // one row
+	ncpu     int
+	sumKeys  []uint32
+	sumVals  []uint64 // per slot and CPU
+	slotSums []uint64 // per slot, all CPUs
 	now      func() time.Time
 	activity []activity // by slot
 	retiring []retired
@@ -135,6 +140,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		index:  coll.Maps[bpf.TcprttMapSeriesIndex],
 		free:   coll.Maps[bpf.TcprttMapFreeSlots],
 		stats:  coll.Maps[bpf.TcprttMapStats],
+		sums:   coll.Maps[bpf.TcprttMapSums],
 
 		scratch:  make([]uint64, spec.Layout().Stride()),
 		now:      time.Now,
@@ -145,6 +151,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 			t.Close()
 		}
 	}()
+	if t.ncpu, err = ebpf.PossibleCPU(); err != nil {
+		return nil, fmt.Errorf("count possible CPUs: %w", err)
+	}
 	if err := t.fillMaps(); err != nil {
 		return nil, err
 	}
@@ -189,6 +198,7 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	cs.Maps[bpf.TcprttMapSeriesIndex].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapFreeSlots].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapCounts].MaxEntries = uint32(layout.Entries())
+	cs.Maps[bpf.TcprttMapSums].MaxEntries = layout.Rows()
 	cs.Maps[bpf.TcprttMapAddrFilter].MaxEntries = uint32(max(1, len(spec.LocalPrefixes)+len(spec.RemotePrefixes)))
 	return nil
 }
@@ -344,6 +354,15 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if o.Total > 0 {
 		snap.Series = append(snap.Series, o)
 	}
+	// The sums are read after the counts: the program adds to a bucket
+	// first, so every counted sample is in its sum (a sample landing in
+	// between may be in the sum a read early).
+	if err := t.readSums(); err != nil {
+		return err
+	}
+	for i := range snap.Series {
+		snap.Series[i].Sum = t.slotSums[snap.Series[i].Slot]
+	}
 	var err error
 	snap.Stats, err = t.readStats()
 	return err
@@ -397,8 +416,11 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 		if s.Total != r.count {
 			snap.Series = append(snap.Series, s)
 		}
-		for w := uint32(kmaps.RowSum); w < t.layout.Stride(); w++ {
+		for w := uint32(kmaps.RowZero); w < t.layout.Stride(); w++ {
 			t.storeWord(r.slot, w, 0)
+		}
+		if err := t.sums.Put(r.slot, make([]uint64, t.ncpu)); err != nil {
+			return fmt.Errorf("clear expired series sum: %w", err)
 		}
 		if err := t.free.Update(nil, r.slot, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("free expired series slot: %w", err)
@@ -437,6 +459,48 @@ func (t *Tracer) loadRow(slot uint32, row []uint64) {
 	for i := range row {
 		row[i] = atomic.LoadUint64((*uint64)(unsafe.Add(first, i*8)))
 	}
+}
+
+// readSums reads the per-CPU sums of every slot into t.slotSums, with
+// one batched lookup where the kernel has it (5.6+).
+func (t *Tracer) readSums() error {
+	rows := int(t.layout.Rows())
+	if t.slotSums == nil {
+		t.sumKeys = make([]uint32, rows)
+		t.sumVals = make([]uint64, rows*t.ncpu)
+		t.slotSums = make([]uint64, rows)
+	}
+	var cursor ebpf.MapBatchCursor
+	n, err := t.sums.BatchLookup(&cursor, t.sumKeys, t.sumVals, nil)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return t.lookupSums()
+	}
+	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("read sums: %w", err)
+	}
+	for i := range n {
+		var sum uint64
+		for _, v := range t.sumVals[i*t.ncpu : (i+1)*t.ncpu] {
+			sum += v
+		}
+		t.slotSums[t.sumKeys[i]] = sum
+	}
+	return nil
+}
+
+func (t *Tracer) lookupSums() error {
+	perCPU := make([]uint64, t.ncpu)
+	for slot := range t.slotSums {
+		if err := t.sums.Lookup(uint32(slot), &perCPU); err != nil {
+			return fmt.Errorf("read sums: %w", err)
+		}
+		var sum uint64
+		for _, v := range perCPU {
+			sum += v
+		}
+		t.slotSums[slot] = sum
+	}
+	return nil
 }
 
 const indexBatch = 256
