@@ -57,7 +57,7 @@ type Tracer struct {
 	free   *ebpf.Map
 	stats  *ebpf.Map
 	sums   *ebpf.Map // per CPU
-	counts []byte // the counts array, mmapped
+	counts []byte    // the counts array, mmapped
 
 	// Reused across reads.
 	keys []kmaps.Key
