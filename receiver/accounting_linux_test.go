@@ -19,11 +19,15 @@ import (
 	"go.opentelemetry.io/collector/consumer/consumertest"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver/receivertest"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata/metricdatatest"
 	"golang.org/x/sys/unix"
 
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/receiver/internal/metadata"
+	"github.com/tcprtt/tcprtt/receiver/internal/metadatatest"
 )
 
 // enableRunStats turns on the kernel's per-program run counting for the
@@ -423,4 +427,56 @@ func TestPeerStorm(t *testing.T) {
 	assert.LessOrEqual(t, heap2, heap1+2<<20, "receiver heap flat after a second storm")
 	t.Logf("%d+%d peers, max_series %d: %d series + overflow %d samples; kernel maps %d KiB (bound %d KiB); heap %d KiB -> %d KiB",
 		peers, peers, maxSeries, a.series, a.overflowed, memAfter>>10, bound>>10, heap1>>10, heap2>>10)
+}
+
+// TestSelfTelemetry: the receiver's own metrics report the kernel's
+// counters as the identity needs them (recorded, overflowed, filtered),
+// the number of series and the attach flavour.
+func TestSelfTelemetry(t *testing.T) {
+	requireKernel(t)
+	tt := componenttest.NewTelemetry()
+	t.Cleanup(func() { require.NoError(t, tt.Shutdown(context.Background())) })
+	cfg := createDefaultConfig()
+	cfg.MaxSeries = 1
+	cfg.Filter.RemoteAddresses = []string{"127.0.0.3", "127.0.0.4"} // not ::1
+	require.NoError(t, cfg.Validate())
+	s := newRTTScraper(cfg, metadatatest.NewSettings(tt))
+	require.NoError(t, s.start(context.Background(), componenttest.NewNopHost()))
+	t.Cleanup(func() { require.NoError(t, s.shutdown(context.Background())) })
+
+	tcptest.Dial(t, serverV4, clientV4).RoundTrips(t, 20)
+	tcptest.Dial(t, otherV4, clientV4).RoundTrips(t, 20)
+	tcptest.Dial(t, loopV6, loopV6).RoundTrips(t, 20)
+	md, err := s.scrape(context.Background())
+	require.NoError(t, err)
+	var snap kmaps.Snapshot
+	var rows []uint64
+	require.NoError(t, s.tracer.Read(&snap, &rows))
+
+	var recorded, overflowed uint64
+	dps := md.ResourceMetrics().At(0).ScopeMetrics().At(0).Metrics().At(0).ExponentialHistogram().DataPoints()
+	for i := range dps.Len() {
+		recorded += dps.At(i).Count()
+		if _, ok := dps.At(i).Attributes().Get("otel.metric.overflow"); ok {
+			overflowed += dps.At(i).Count()
+		}
+	}
+	require.Positive(t, overflowed, "max_series 1 with two peers overflows")
+	ignore := []metricdatatest.Option{metricdatatest.IgnoreTimestamp()}
+	metadatatest.AssertEqualTcprttSamplesRecorded(t, tt,
+		[]metricdata.DataPoint[int64]{{Value: int64(recorded)}}, ignore...)
+	metadatatest.AssertEqualTcprttSamplesOverflowed(t, tt,
+		[]metricdata.DataPoint[int64]{{Value: int64(overflowed)}}, ignore...)
+	metadatatest.AssertEqualTcprttSeries(t, tt, []metricdata.DataPoint[int64]{{Value: 1}}, ignore...)
+	metadatatest.AssertEqualTcprttAttachMode(t, tt, []metricdata.DataPoint[int64]{{
+		Value: 1, Attributes: attribute.NewSet(attribute.String("attach_mode", string(s.tracer.Mode()))),
+	}}, ignore...)
+	// The filtered count at the scrape is at most what the kernel has now.
+	m, err := tt.GetMetric("otelcol_tcprtt_samples_filtered")
+	require.NoError(t, err)
+	filtered := m.Data.(metricdata.Sum[int64]).DataPoints[0].Value
+	assert.Positive(t, filtered, "the ::1 sockets are filtered out")
+	assert.LessOrEqual(t, uint64(filtered), snap.Stats.Filtered)
+	_, err = tt.GetMetric("otelcol_tcprtt_scrape_duration")
+	assert.NoError(t, err)
 }

@@ -125,15 +125,21 @@ func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	md := pmetric.NewMetrics()
 	sm := md.ResourceMetrics().AppendEmpty().ScopeMetrics().AppendEmpty()
 	sm.Scope().SetName(metadata.ScopeName)
+	sm.Scope().SetVersion(s.settings.BuildInfo.Version)
 	s.converter.Append(&s.snap, now, sm.Metrics())
 
-	totals := scrapeTotals{filtered: s.snap.Stats.Filtered}
+	// Expired series' final counts are in Stats.Expired, so the totals
+	// stay monotonic when series come and go.
+	totals := scrapeTotals{filtered: s.snap.Stats.Filtered, recorded: s.snap.Stats.Expired}
 	for i := range s.snap.Series {
-		n := s.snap.Series[i].Count()
-		totals.recorded += n
-		if s.snap.Series[i].Overflow {
-			totals.overflowed += n
-		} else {
+		series := &s.snap.Series[i]
+		switch {
+		case series.Retired:
+		case series.Overflow:
+			totals.recorded += series.Total
+			totals.overflowed += series.Total
+		default:
+			totals.recorded += series.Total
 			totals.series++
 		}
 	}

@@ -71,6 +71,7 @@ type Tracer struct {
 	now      func() time.Time
 	activity []activity // by slot
 	retiring []retired
+	expired  uint64 // samples of freed rows
 }
 
 // Open loads and attaches the program for spec. In ModeAuto it tries the
@@ -365,6 +366,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	}
 	var err error
 	snap.Stats, err = t.readStats()
+	snap.Stats.Expired = t.expired
 	return err
 }
 
@@ -416,6 +418,7 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 		if s.Total != r.count {
 			snap.Series = append(snap.Series, s)
 		}
+		t.expired += s.Total
 		for w := uint32(kmaps.RowZero); w < t.layout.Stride(); w++ {
 			t.storeWord(r.slot, w, 0)
 		}
