@@ -11,7 +11,7 @@ import (
 
 // ErrNotLinux is returned by Open on every other OS: eBPF tracing of TCP
 // is Linux only.
-var ErrNotLinux = errors.New("tcprtt requires Linux (eBPF); this build runs on another OS")
+var ErrNotLinux = errors.New("requires Linux: the program is eBPF, which this OS does not have")
 
 // Tracer is never created outside Linux.
 type Tracer struct{}
