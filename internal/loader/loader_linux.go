@@ -358,7 +358,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	// The sums are read after the counts: the program adds to a bucket
 	// first, so every counted sample is in its sum (a sample landing in
 	// between may be in the sum a read early).
-	if err := t.readSums(); err != nil {
+	if err := t.readSums(snap.Series); err != nil {
 		return err
 	}
 	for i := range snap.Series {
@@ -464,46 +464,59 @@ func (t *Tracer) loadRow(slot uint32, row []uint64) {
 	}
 }
 
-// readSums reads the per-CPU sums of every slot into t.slotSums, with
-// one batched lookup where the kernel has it (5.6+).
-func (t *Tracer) readSums() error {
+// readSums reads the per-CPU sums of the slots of series into
+// t.slotSums. Slots are handed out lowest first, so the series' slots are
+// read with one batched lookup of the slots up to the highest in use (5.6+
+// kernels), and the overflow slot on its own.
+func (t *Tracer) readSums(series []kmaps.Series) error {
 	rows := int(t.layout.Rows())
 	if t.slotSums == nil {
 		t.sumKeys = make([]uint32, rows)
 		t.sumVals = make([]uint64, rows*t.ncpu)
 		t.slotSums = make([]uint64, rows)
 	}
-	var cursor ebpf.MapBatchCursor
-	n, err := t.sums.BatchLookup(&cursor, t.sumKeys, t.sumVals, nil)
-	if errors.Is(err, ebpf.ErrNotSupported) {
-		return t.lookupSums()
-	}
-	if err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("read sums: %w", err)
-	}
-	for i := range n {
-		var sum uint64
-		for _, v := range t.sumVals[i*t.ncpu : (i+1)*t.ncpu] {
-			sum += v
+	n := 0
+	for i := range series {
+		if !series[i].Overflow {
+			n = max(n, int(series[i].Slot)+1)
 		}
-		t.slotSums[t.sumKeys[i]] = sum
 	}
+	if n > 0 {
+		var cursor ebpf.MapBatchCursor
+		got, err := t.sums.BatchLookup(&cursor, t.sumKeys[:n], t.sumVals[:n*t.ncpu], nil)
+		switch {
+		case errors.Is(err, ebpf.ErrNotSupported):
+			for slot := range n {
+				if err := t.lookupSum(uint32(slot)); err != nil {
+					return err
+				}
+			}
+		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+			return fmt.Errorf("read sums: %w", err)
+		default:
+			for i := range got {
+				t.slotSums[t.sumKeys[i]] = sumOf(t.sumVals[i*t.ncpu : (i+1)*t.ncpu])
+			}
+		}
+	}
+	return t.lookupSum(t.layout.OverflowSlot())
+}
+
+func (t *Tracer) lookupSum(slot uint32) error {
+	perCPU := t.sumVals[:t.ncpu]
+	if err := t.sums.Lookup(slot, &perCPU); err != nil {
+		return fmt.Errorf("read sum of slot %d: %w", slot, err)
+	}
+	t.slotSums[slot] = sumOf(perCPU)
 	return nil
 }
 
-func (t *Tracer) lookupSums() error {
-	perCPU := make([]uint64, t.ncpu)
-	for slot := range t.slotSums {
-		if err := t.sums.Lookup(uint32(slot), &perCPU); err != nil {
-			return fmt.Errorf("read sums: %w", err)
-		}
-		var sum uint64
-		for _, v := range perCPU {
-			sum += v
-		}
-		t.slotSums[slot] = sum
+func sumOf(perCPU []uint64) uint64 {
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
 	}
-	return nil
+	return sum
 }
 
 const indexBatch = 256
