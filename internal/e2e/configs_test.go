@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -58,6 +59,7 @@ func TestConfigsValidate(t *testing.T) {
 			out, err := validateShipped(bin, path, env)
 			require.NoError(t, err, "otelcol-tcprtt validate --config=%s (env %v):\n%s", c.name, env, out)
 			t.Logf("valid (env %v)", env)
+			checkHostIdentity(t, c)
 		})
 	}
 
@@ -199,6 +201,65 @@ func configsInFile(rel, path string) ([]shippedConfig, error) {
 		}
 	}
 	return out, nil
+}
+
+// hostIdentity are the resource attributes a shipped config that exports
+// over OTLP sets, so that several hosts can share a backend: Prometheus
+// makes job of service.name and instance of service.instance.id, and keeps
+// host.name in target_info.
+var hostIdentity = []string{"service.name", "service.instance.id", "host.name"}
+
+// otlpExporterTypes are the exporter types that send to a shared backend.
+var otlpExporterTypes = map[string]bool{"otlp": true, "otlp_grpc": true, "otlp_http": true, "otlphttp": true}
+
+// hostIdentityExempt holds the prefixes of config names that need not name
+// their host: README's minimal config, kept bare (docs/prometheus.md and
+// testdata/examples have the complete ones).
+var hostIdentityExempt = []string{"README.md:"}
+
+// checkHostIdentity checks that every metrics pipeline of c that exports
+// over OTLP runs a resource processor setting hostIdentity.
+func checkHostIdentity(t *testing.T, c shippedConfig) {
+	t.Helper()
+	for _, p := range hostIdentityExempt {
+		if strings.HasPrefix(c.name, p) {
+			return
+		}
+	}
+	var cfg struct {
+		Processors map[string]struct {
+			Attributes []struct {
+				Key, Action string
+				Value       any
+			}
+		}
+		Service struct {
+			Pipelines map[string]struct{ Processors, Exporters []string }
+		}
+	}
+	require.NoError(t, yaml.Unmarshal(c.text, &cfg))
+	componentType := func(id string) string { typ, _, _ := strings.Cut(id, "/"); return typ }
+	for name, pl := range cfg.Service.Pipelines {
+		otlp := slices.ContainsFunc(pl.Exporters, func(id string) bool { return otlpExporterTypes[componentType(id)] })
+		if componentType(name) != "metrics" || !otlp {
+			continue
+		}
+		set := map[string]string{}
+		for _, id := range pl.Processors {
+			if componentType(id) != "resource" {
+				continue
+			}
+			for _, a := range cfg.Processors[id].Attributes {
+				if (a.Action == "upsert" || a.Action == "insert") && a.Value != nil && a.Value != "" {
+					set[a.Key] = fmt.Sprint(a.Value)
+				}
+			}
+		}
+		for _, k := range hostIdentity {
+			assert.Contains(t, set, k, "pipeline %s exports over OTLP but no resource processor sets %s: series of several hosts would collide", name, k)
+		}
+		t.Logf("pipeline %s names its host: %v", name, set)
+	}
 }
 
 func isCollectorConfig(m map[string]any) bool {

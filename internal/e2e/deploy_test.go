@@ -69,6 +69,9 @@ func TestDeployConfigsRun(t *testing.T) {
 			setpriv, "--bounding-set=" + caps, "--inh-caps=-all", "--no-new-privs", "--",
 			bin, "--config=" + cfg, "--config=yaml:receivers::tcprtt::collection_interval: 1s"}
 		col := runDeployed(t, argv, map[string]string{"OTLP_ENDPOINT": sink.url, "K8S_NODE_NAME": "test-node"}, sink, "127.0.0.40", "127.0.0.41")
+		checkResource(t, sink, map[string]string{
+			"service.name": "otelcol-tcprtt", "service.instance.id": "test-node", "host.name": "test-node", "k8s.node.name": "test-node",
+		})
 		checkProcCredentials(t, col.cmd.Process.Pid, []string{"bpf", "perfmon"}, 0)
 		checkReadOnly(t, col.cmd.Process.Pid, "/", "/sys")
 		col.stop(t)
@@ -98,7 +101,11 @@ func TestDeployConfigsRun(t *testing.T) {
 			"--inh-caps=" + caps, "--ambient-caps=" + caps, "--bounding-set=" + caps, "--no-new-privs", "--",
 			exe, "--config=" + cfg, "--config=yaml:receivers::tcprtt::collection_interval: 1s",
 			"--config=yaml:service::telemetry::metrics::readers: [{pull: {exporter: {prometheus: {host: 127.0.0.1, port: " + port + "}}}}]"}
-		col := runDeployed(t, argv, map[string]string{"OTLP_ENDPOINT": sink.url}, sink, "127.0.0.42", "127.0.0.43")
+		// The unit sets HOST_NAME to the host name (%H).
+		host, err := os.Hostname()
+		require.NoError(t, err)
+		col := runDeployed(t, argv, map[string]string{"OTLP_ENDPOINT": sink.url, "HOST_NAME": host}, sink, "127.0.0.42", "127.0.0.43")
+		checkResource(t, sink, map[string]string{"service.name": "otelcol-tcprtt", "service.instance.id": host, "host.name": host})
 		checkProcCredentials(t, col.cmd.Process.Pid, []string{"bpf", "perfmon"}, 65534)
 		resp, err := http.Get("http://" + addr + "/metrics")
 		require.NoError(t, err, "self-telemetry endpoint")
@@ -228,6 +235,46 @@ func writeFileIn(t *testing.T, dir, name string, data []byte, perm os.FileMode) 
 	return p
 }
 
+// checkResource checks the resource of every export of tcp.rtt the sink
+// received: exactly the attributes want, which name the host (resource
+// processor of the deploy configs).
+func checkResource(t *testing.T, sink *otlpSink, want map[string]string) {
+	t.Helper()
+	seen := 0
+	for _, md := range sink.metrics() {
+		rms := md.ResourceMetrics()
+		for i := range rms.Len() {
+			rm := rms.At(i)
+			if !hasMetric(rm, metricName) {
+				continue // the self-telemetry's own resource
+			}
+			seen++
+			got := map[string]string{}
+			for k, v := range rm.Resource().Attributes().All() {
+				got[k] = v.AsString()
+			}
+			if !assert.Equal(t, want, got, "resource attributes of %s", metricName) {
+				return
+			}
+		}
+	}
+	require.NotZero(t, seen, "no %s export", metricName)
+	t.Logf("%s resource in %d exports: %v", metricName, seen, want)
+}
+
+func hasMetric(rm pmetric.ResourceMetrics, name string) bool {
+	sms := rm.ScopeMetrics()
+	for j := range sms.Len() {
+		ms := sms.At(j).Metrics()
+		for k := range ms.Len() {
+			if ms.At(k).Name() == name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func metricNames(sink *otlpSink) map[string]bool {
 	names := map[string]bool{}
 	for _, md := range sink.metrics() {
@@ -268,6 +315,9 @@ func TestDeployManifests(t *testing.T) {
 								Name      string
 								ValueFrom struct {
 									ConfigMapKeyRef struct{ Name, Key string } `yaml:"configMapKeyRef"`
+									FieldRef        struct {
+										FieldPath string `yaml:"fieldPath"`
+									} `yaml:"fieldRef"`
 								} `yaml:"valueFrom"`
 							}
 							SecurityContext struct {
@@ -318,13 +368,19 @@ func TestDeployManifests(t *testing.T) {
 		cms, err := configsInFile("deploy/kubernetes/configmap.yaml", filepath.Join(root, "deploy/kubernetes/configmap.yaml"))
 		require.NoError(t, err)
 		require.Len(t, cms, 1)
-		var endpointRef string
+		var endpointRef, nodeNameField string
 		for _, e := range c.Env {
-			if e.Name == "OTLP_ENDPOINT" {
+			switch e.Name {
+			case "OTLP_ENDPOINT":
 				endpointRef = e.ValueFrom.ConfigMapKeyRef.Key
+			case "K8S_NODE_NAME":
+				nodeNameField = e.ValueFrom.FieldRef.FieldPath
 			}
 		}
 		assert.Contains(t, cms[0].env, endpointRef, "OTLP_ENDPOINT must come from a key of the ConfigMap")
+		// The node's name names its data (host.name, service.instance.id).
+		assert.Equal(t, "spec.nodeName", nodeNameField, "K8S_NODE_NAME must come from the downward API")
+		assert.Contains(t, string(cms[0].text), "${env:K8S_NODE_NAME}", "the ConfigMap's config names the node")
 		var mountPath string
 		for _, m := range c.VolumeMounts {
 			for _, v := range pod.Volumes {
@@ -342,11 +398,21 @@ func TestDeployManifests(t *testing.T) {
 		raw, err := os.ReadFile(filepath.Join(root, "deploy/systemd/otelcol-tcprtt.service"))
 		require.NoError(t, err)
 		unit := map[string]string{}
+		var environment []string // every Environment= line
 		for _, line := range strings.Split(string(raw), "\n") {
 			if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
 				unit[k] = v
+				if k == "Environment" {
+					environment = append(environment, v)
+				}
 			}
 		}
+		// The host's name names its data (config.yaml: host.name,
+		// service.instance.id from ${env:HOST_NAME}).
+		assert.Contains(t, environment, "HOST_NAME=%H", "Environment=")
+		cfg, err := os.ReadFile(filepath.Join(root, "deploy/systemd/config.yaml"))
+		require.NoError(t, err)
+		assert.Contains(t, string(cfg), "${env:HOST_NAME}", "deploy/systemd/config.yaml names the host")
 		assert.Equal(t, "CAP_BPF CAP_PERFMON", unit["AmbientCapabilities"])
 		assert.Equal(t, "CAP_BPF CAP_PERFMON", unit["CapabilityBoundingSet"])
 		assert.Equal(t, "yes", unit["NoNewPrivileges"])

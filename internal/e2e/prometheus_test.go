@@ -53,6 +53,14 @@ const (
 	// Only the test's four loopback addresses are measured (filter), so
 	// every series the collector exports is one the test made.
 	promPeerFilter = "127.0.0.16/28"
+
+	// The host identity the collector config sets (resource processor, as
+	// in every shipped config), and the labels Prometheus makes of it:
+	// service.name -> job, service.instance.id -> instance, host.name ->
+	// host_name on target_info (not on the series: not promoted).
+	promHostName  = "node-a" // HOST_NAME
+	promJob       = "otelcol-tcprtt"
+	promHostLabel = "host_name"
 )
 
 // Two connections on distinct loopback addresses: four peers, each side of
@@ -73,10 +81,16 @@ var (
 	}
 	promQuantiles = []float64{0.5, 0.99}
 
+	// promDocJoinQuery is docs/prometheus.md's query that adds host_name
+	// from target_info to a per-host result.
+	promDocJoinQuery = `histogram_quantile(0.99, sum by (job, instance, network_peer_address) (rate(tcp_rtt_seconds[5m])))` +
+		` * on (job, instance) group_left (host_name) target_info`
+
 	// promDocQueries are the PromQL examples of docs/prometheus.md.
 	promDocQueries = []string{
-		`histogram_quantile(0.5, sum by (network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
-		`histogram_quantile(0.99, sum by (network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
+		`histogram_quantile(0.5, sum by (instance, network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
+		`histogram_quantile(0.99, sum by (instance, network_peer_address) (rate(tcp_rtt_seconds[5m])))`,
+		promDocJoinQuery,
 		`histogram_avg(rate(tcp_rtt_seconds[5m]))`,
 		`histogram_count(rate(tcp_rtt_seconds[5m]))`,
 		`histogram_fraction(0, 0.001, rate(tcp_rtt_seconds[5m]))`,
@@ -94,7 +108,7 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	prom := startPrometheus(t, promBin)
 	sink := newOTLPSink(t)
 	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url)
-	col := startCollector(t, colBin, cfg)
+	col := startProcessEnv(t, append(os.Environ(), "HOST_NAME="+promHostName), colBin, "--config="+cfg)
 	col.waitReady(t, readyTimeout)
 
 	// Traffic: the slow pair in the background, the fast one here.
@@ -118,6 +132,7 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	series := waitPrometheusCounts(t, prom, final)
 
 	checkPrometheusSeries(t, series, final)
+	checkTargetInfo(t, prom)
 	counts := queryVector(t, prom, "histogram_count("+promMetric+")")
 	sums := queryVector(t, prom, "histogram_sum("+promMetric+")")
 	quantiles := map[float64]map[string]float64{}
@@ -166,8 +181,10 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 }
 
 // writePrometheusConfig writes the collector config of the test: one
-// receiver, two OTLP/HTTP exporters (Prometheus and the sink). The exporter
-// appends /v1/metrics to endpoint, so Prometheus' base is /api/v1/otlp.
+// receiver, the resource processor of the shipped configs (the host's
+// identity, from HOST_NAME), two OTLP/HTTP exporters (Prometheus and the
+// sink). The exporter appends /v1/metrics to endpoint, so Prometheus' base
+// is /api/v1/otlp.
 func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`# otelcol-tcprtt -> Prometheus end-to-end test config (generated)
@@ -179,6 +196,19 @@ receivers:
     filter:
       local_addresses: [%[3]s]
       remote_addresses: [%[3]s]
+
+processors:
+  resource:
+    attributes:
+      - key: service.name
+        value: otelcol-tcprtt
+        action: upsert
+      - key: service.instance.id
+        value: ${env:HOST_NAME}
+        action: upsert
+      - key: host.name
+        value: ${env:HOST_NAME}
+        action: upsert
 
 exporters:
   # POSTs to %[1]s/v1/metrics. No queue: every scrape is exported in
@@ -203,6 +233,7 @@ service:
   pipelines:
     metrics:
       receivers: [tcprtt]
+      processors: [resource]
       exporters: [otlp_http/prometheus, otlp_http/sink]
 `, promEndpoint, sinkEndpoint, promPeerFilter)
 	path := filepath.Join(t.TempDir(), "otelcol-prometheus.yaml")
@@ -580,6 +611,9 @@ func checkPrometheusSeries(t *testing.T, series []promSample, final map[string]p
 		t.Logf("Prometheus series %s", fmtLabels(s.Metric))
 		assert.Equal(t, promMetric, s.Metric["__name__"], "metric name")
 		assert.Equal(t, "ipv4", s.Metric[promNetTypeLabel], "%s of %s", promNetTypeLabel, peer)
+		assert.Equal(t, promJob, s.Metric["job"], "job (service.name) of %s", peer)
+		assert.Equal(t, promHostName, s.Metric["instance"], "instance (service.instance.id) of %s", peer)
+		assert.NotContains(t, s.Metric, promHostLabel, "host.name is not promoted to a label by default")
 		for _, l := range []string{"network_local_address", "network_local_port", "network_peer_port"} {
 			assert.NotContains(t, s.Metric, l, "label of %s although group_by is [remote_address]", peer)
 		}
@@ -608,6 +642,28 @@ func checkPrometheusSeries(t *testing.T, series []promSample, final map[string]p
 		assert.Equal(t, 1, byPeer[peer], "%s series with %s=%q", promMetric, promPeerLabel, peer)
 	}
 	assert.Len(t, byPeer, len(final), "%s series by %s: %v", promMetric, promPeerLabel, byPeer)
+}
+
+// checkTargetInfo checks that the host's identity arrived: target_info of
+// the collector's job and instance carries host_name (the resource's
+// host.name), and docs/prometheus.md's join adds it to a per-host result.
+func checkTargetInfo(t *testing.T, p *prometheus) {
+	t.Helper()
+	r, err := p.query(t.Context(), `target_info{job="`+promJob+`"}`)
+	require.NoError(t, err, "PromQL target_info")
+	require.Len(t, r.Data.Result, 1, "target_info series of job %s: %v", promJob, r.Data.Result)
+	info := r.Data.Result[0].Metric
+	t.Logf("Prometheus series %s", fmtLabels(info))
+	assert.Equal(t, promHostName, info["instance"], "target_info instance")
+	assert.Equal(t, promHostName, info[promHostLabel], "target_info %s (host.name)", promHostLabel)
+
+	r, err = p.query(t.Context(), promDocJoinQuery)
+	require.NoError(t, err, "PromQL %s", promDocJoinQuery)
+	require.NotEmpty(t, r.Data.Result, "PromQL %s", promDocJoinQuery)
+	for _, s := range r.Data.Result {
+		assert.Equal(t, promHostName, s.Metric[promHostLabel], "%s: %s of %v", promDocJoinQuery, promHostLabel, s.Metric)
+	}
+	t.Logf("e.g. %s", fmtLabels(r.Data.Result[0].Metric))
 }
 
 func parseHistogram(raw json.RawMessage) (*promHistogram, error) {
