@@ -53,30 +53,14 @@ func requireKernel(t *testing.T) {
 
 // point finds the data point whose attributes include all of want.
 func point(md pmetric.Metrics, want map[string]any) (pmetric.ExponentialHistogramDataPoint, bool) {
-	rms := md.ResourceMetrics()
-	for i := range rms.Len() {
-		sms := rms.At(i).ScopeMetrics()
-		for j := range sms.Len() {
-			ms := sms.At(j).Metrics()
-			for k := range ms.Len() {
-				m := ms.At(k)
-				if m.Name() != "tcp.rtt" || m.Type() != pmetric.MetricTypeExponentialHistogram {
-					continue
-				}
-				dps := m.ExponentialHistogram().DataPoints()
-			next:
-				for l := range dps.Len() {
-					dp := dps.At(l)
-					for key, v := range want {
-						got, ok := dp.Attributes().Get(key)
-						if !ok || got.AsRaw() != v {
-							continue next
-						}
-					}
-					return dp, true
-				}
+next:
+	for _, dp := range testenv.RTTPoints(md) {
+		for key, v := range want {
+			if got, ok := dp.Attributes().Get(key); !ok || got.AsRaw() != v {
+				continue next
 			}
 		}
+		return dp, true
 	}
 	return pmetric.ExponentialHistogramDataPoint{}, false
 }
@@ -264,21 +248,12 @@ func TestReceiverFilters(t *testing.T) {
 	assert.Equal(t, []string{loopV6.String()}, peersOf(md))
 }
 
+// peersOf lists the peer addresses of the points with samples.
 func peersOf(md pmetric.Metrics) []string {
 	var peers []string
-	rms := md.ResourceMetrics()
-	for i := range rms.Len() {
-		sms := rms.At(i).ScopeMetrics()
-		for j := range sms.Len() {
-			ms := sms.At(j).Metrics()
-			for k := range ms.Len() {
-				dps := ms.At(k).ExponentialHistogram().DataPoints()
-				for l := range dps.Len() {
-					if v, ok := dps.At(l).Attributes().Get("network.peer.address"); ok && dps.At(l).Count() > 0 {
-						peers = append(peers, v.Str())
-					}
-				}
-			}
+	for _, dp := range testenv.RTTPoints(md) {
+		if v, ok := dp.Attributes().Get("network.peer.address"); ok && dp.Count() > 0 {
+			peers = append(peers, v.Str())
 		}
 	}
 	return peers

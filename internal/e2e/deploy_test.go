@@ -278,15 +278,8 @@ func hasMetric(rm pmetric.ResourceMetrics, name string) bool {
 func metricNames(sink *otlpSink) map[string]bool {
 	names := map[string]bool{}
 	for _, md := range sink.metrics() {
-		rms := md.ResourceMetrics()
-		for i := range rms.Len() {
-			sms := rms.At(i).ScopeMetrics()
-			for j := range sms.Len() {
-				ms := sms.At(j).Metrics()
-				for k := range ms.Len() {
-					names[ms.At(k).Name()] = true
-				}
-			}
+		for _, m := range testenv.Metrics(md) {
+			names[m.Name()] = true
 		}
 	}
 	return names

@@ -122,30 +122,20 @@ func TestCollectorExportsTCPRTT(t *testing.T) {
 func checkExport(t *testing.T, md pmetric.Metrics) map[string]string {
 	t.Helper()
 	peers := map[string]string{}
-	rms := md.ResourceMetrics()
-	for i := range rms.Len() {
-		sms := rms.At(i).ScopeMetrics()
-		for j := range sms.Len() {
-			ms := sms.At(j).Metrics()
-			for k := range ms.Len() {
-				m := ms.At(k)
-				if m.Name() != metricName {
-					continue
-				}
-				if !assert.Equal(t, pmetric.MetricTypeExponentialHistogram, m.Type(), "%s type", metricName) {
-					continue
-				}
-				assert.Equal(t, metricUnit, m.Unit(), "%s unit", metricName)
-				dps := m.ExponentialHistogram().DataPoints()
-				temporality := m.ExponentialHistogram().AggregationTemporality()
-				for p := range dps.Len() {
-					dp := dps.At(p)
-					if addr, ok := checkPoint(t, dp); ok {
-						peers[addr] = fmt.Sprintf("%s count=%d sum=%gs zero=%d offset=%d buckets=%v attrs=%v",
-							temporality, dp.Count(), dp.Sum(), dp.ZeroCount(), dp.Positive().Offset(),
-							dp.Positive().BucketCounts().AsRaw(), dp.Attributes().AsRaw())
-					}
-				}
+	for _, m := range testenv.Metrics(md) {
+		if m.Name() != metricName {
+			continue
+		}
+		if !assert.Equal(t, pmetric.MetricTypeExponentialHistogram, m.Type(), "%s type", metricName) {
+			continue
+		}
+		assert.Equal(t, metricUnit, m.Unit(), "%s unit", metricName)
+		temporality := m.ExponentialHistogram().AggregationTemporality()
+		for _, dp := range m.ExponentialHistogram().DataPoints().All() {
+			if addr, ok := checkPoint(t, dp); ok {
+				peers[addr] = fmt.Sprintf("%s count=%d sum=%gs zero=%d offset=%d buckets=%v attrs=%v",
+					temporality, dp.Count(), dp.Sum(), dp.ZeroCount(), dp.Positive().Offset(),
+					dp.Positive().BucketCounts().AsRaw(), dp.Attributes().AsRaw())
 			}
 		}
 	}
@@ -367,31 +357,9 @@ type collector struct {
 
 func startCollector(t *testing.T, bin, cfg string) *collector {
 	t.Helper()
-	c := &collector{stderr: &syncBuffer{}, done: make(chan struct{})}
-	c.cmd = exec.Command(bin, "--config", cfg)
-	c.cmd.Stdout = c.stderr
-	c.cmd.Stderr = c.stderr
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, c.cmd.Start(), "start %s", bin)
-	go func() {
-		c.werr = c.cmd.Wait()
-		close(c.done)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-c.done:
-		default:
-			_ = c.cmd.Process.Kill()
-			<-c.done
-		}
-		if t.Failed() {
-			t.Logf("collector output:\n%s", c.stderr.String())
-		}
-	})
-	return c
+	return startProcess(t, bin, "--config", cfg)
 }
 
-// exited returns a non-nil error if the process has already ended.
 func (c *collector) exited() error {
 	select {
 	case <-c.done:

@@ -10,10 +10,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// startProcess runs bin with args like startCollector does (output kept,
-// killed with the test process, killed and its output logged on failure at
-// the end of the test) and returns it as a *collector, whose exited and
-// output fields are not collector-specific.
+// startProcess runs bin with args (output kept, killed with the test
+// process, killed and its output logged on failure at the end of the test)
+// and returns it as a *collector, whose exited and output fields are not
+// collector-specific.
 func startProcess(t *testing.T, bin string, args ...string) *collector {
 	t.Helper()
 	return startProcessEnv(t, nil, bin, args...)

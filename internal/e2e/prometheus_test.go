@@ -349,20 +349,8 @@ func waitFinalPoints(t *testing.T, sink *otlpSink, col *collector, closed time.T
 }
 
 func forEachPoint(md pmetric.Metrics, fn func(pmetric.ExponentialHistogramDataPoint)) {
-	rms := md.ResourceMetrics()
-	for i := range rms.Len() {
-		sms := rms.At(i).ScopeMetrics()
-		for j := range sms.Len() {
-			ms := sms.At(j).Metrics()
-			for k := range ms.Len() {
-				if m := ms.At(k); m.Name() == metricName && m.Type() == pmetric.MetricTypeExponentialHistogram {
-					dps := m.ExponentialHistogram().DataPoints()
-					for p := range dps.Len() {
-						fn(dps.At(p))
-					}
-				}
-			}
-		}
+	for _, dp := range testenv.RTTPoints(md) {
+		fn(dp)
 	}
 }
 
