@@ -60,8 +60,10 @@ type Tracer struct {
 	counts []byte    // the counts array, mmapped
 
 	// Reused across reads.
-	keys []kmaps.Key
-	refs []kmaps.Ref
+	keys      []kmaps.Key
+	refs      []kmaps.Ref
+	batchKeys []kmaps.Key // one batch of index lookups
+	batchRefs []kmaps.Ref
 
 	scratch  []uint64 // one row
 	ncpu     int
@@ -433,15 +435,6 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 	return nil
 }
 
-func (t *Tracer) wordPointer(slot, word uint32) *uint64 {
-	off := (uintptr(slot)*uintptr(t.layout.Stride()) + uintptr(word)) * 8
-	return (*uint64)(unsafe.Add(unsafe.Pointer(unsafe.SliceData(t.counts)), off))
-}
-
-func (t *Tracer) storeWord(slot, word uint32, v uint64) {
-	atomic.StoreUint64(t.wordPointer(slot, word), v)
-}
-
 // readSeries decodes the row of s.Slot and appends its non-empty bucket
 // range to packed, which s.Buckets then aliases. The row is first copied
 // to a scratch row that stays in cache; only the few non-empty buckets
@@ -457,10 +450,20 @@ func (t *Tracer) readSeries(s *kmaps.Series, packed *[]uint64) error {
 	return nil
 }
 
+// words is the mmapped counts array as u64 words.
+func (t *Tracer) words() []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.counts))), len(t.counts)/8)
+}
+
+func (t *Tracer) storeWord(slot, word uint32, v uint64) {
+	atomic.StoreUint64(&t.words()[uint64(slot)*uint64(t.layout.Stride())+uint64(word)], v)
+}
+
 func (t *Tracer) loadRow(slot uint32, row []uint64) {
-	first := unsafe.Pointer(t.wordPointer(slot, 0))
+	start := uint64(slot) * uint64(t.layout.Stride())
+	src := t.words()[start : start+uint64(len(row))]
 	for i := range row {
-		row[i] = atomic.LoadUint64((*uint64)(unsafe.Add(first, i*8)))
+		row[i] = atomic.LoadUint64(&src[i])
 	}
 }
 
@@ -519,13 +522,16 @@ func sumOf(perCPU []uint64) uint64 {
 	return sum
 }
 
-const indexBatch = 256
+const indexBatch = 1024
 
 // readIndex reads series_index into t.keys/t.refs with batched lookups.
 func (t *Tracer) readIndex() error {
 	t.keys, t.refs = t.keys[:0], t.refs[:0]
-	keys := make([]kmaps.Key, indexBatch)
-	refs := make([]kmaps.Ref, indexBatch)
+	if t.batchKeys == nil {
+		t.batchKeys = make([]kmaps.Key, indexBatch)
+		t.batchRefs = make([]kmaps.Ref, indexBatch)
+	}
+	keys, refs := t.batchKeys, t.batchRefs
 	var cursor ebpf.MapBatchCursor
 	for {
 		n, err := t.index.BatchLookup(&cursor, keys, refs, nil)
