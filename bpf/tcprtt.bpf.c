@@ -242,20 +242,16 @@ static __always_inline __u64 *row_word(__u32 slot, __u32 word)
 	return bpf_map_lookup_elem(&counts, &i);
 }
 
-// add_sample counts raw into the row of ref; false if the row was
-// recycled since ref was taken (the caller then resolves again).
-static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
+// count_in_row adds one sample of raw to the row of slot.
+static __always_inline bool count_in_row(__u32 slot, __u32 raw)
 {
-	__u64 *generation, *sum, *bucket;
+	__u64 *bucket, *sum;
 	__u32 word = ROW_ZERO;
 
-	generation = row_word(ref->slot, ROW_GENERATION);
-	if (!generation || (__u32)*generation != ref->generation)
-		return false;
 	if (raw)
 		word = ROW_BUCKETS + bucket_position(raw);
-	bucket = row_word(ref->slot, word);
-	sum = bpf_map_lookup_elem(&sums, &ref->slot);
+	bucket = row_word(slot, word);
+	sum = bpf_map_lookup_elem(&sums, &slot);
 	if (!bucket || !sum)
 		return false;
 	__sync_fetch_and_add(bucket, 1);
@@ -263,11 +259,33 @@ static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
 	return true;
 }
 
+// add_sample counts raw into the row of ref; false if the row was
+// recycled since ref was taken (the caller then resolves again). For the
+// overflow row the generation is bumped whenever rows are freed, so that
+// sockets cached as overflow look for a free row again.
+static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
+{
+	__u64 *generation = row_word(ref->slot, ROW_GENERATION);
+
+	if (!generation || (__u32)*generation != ref->generation)
+		return false;
+	return count_in_row(ref->slot, raw);
+}
+
+// overflow_ref is the overflow series as of now.
+static __always_inline struct series_ref overflow_ref(void)
+{
+	struct series_ref ref = { .slot = cfg_max_series };
+	__u64 *generation = row_word(cfg_max_series, ROW_GENERATION);
+
+	if (generation)
+		ref.generation = (__u32)*generation;
+	return ref;
+}
+
 static __always_inline void add_to_overflow(__u32 raw)
 {
-	struct series_ref overflow = { .slot = cfg_max_series, .generation = 0 };
-
-	if (!add_sample(&overflow, raw))
+	if (!count_in_row(cfg_max_series, raw))
 		count_stat(STAT_ERRORS);
 }
 
@@ -410,10 +428,11 @@ static __always_inline void mask_tuple(struct series_key *k)
 
 // lookup_series returns the series of key, giving it a free slot on first
 // sight. With no slot left the sample belongs to the overflow series,
-// which is not remembered, so a slot freed later can still be taken.
+// which is not remembered in the index, so a slot freed later can still
+// be taken.
 static __always_inline struct series_ref lookup_series(struct series_key *key)
 {
-	struct series_ref ref = { .slot = cfg_max_series, .generation = 0 };
+	struct series_ref ref = overflow_ref();
 	struct series_ref *found;
 	__u64 *generation;
 	__u32 slot;
@@ -436,8 +455,7 @@ static __always_inline struct series_ref lookup_series(struct series_key *key)
 		found = bpf_map_lookup_elem(&series_index, key);
 		if (found)
 			return *found;
-		ref.slot = cfg_max_series;
-		ref.generation = 0;
+		ref = overflow_ref();
 	}
 	return ref;
 }
@@ -484,7 +502,7 @@ static __always_inline int record(struct sock *sk, const bool cache)
 	mask_tuple(&key);
 	ref = lookup_series(&key);
 
-	if (cache && ref.slot != cfg_max_series) {
+	if (cache) {
 		if (cached) {
 			*cached = ref;
 		} else {

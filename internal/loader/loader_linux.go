@@ -354,6 +354,9 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if err := t.readSeries(&o, &packed); err != nil {
 		return err
 	}
+	// The overflow row is never reset: one cumulative run, whatever its
+	// generation (which only tells cached sockets that rows were freed).
+	o.Generation = 0
 	if o.Total > 0 {
 		snap.Series = append(snap.Series, o)
 	}
@@ -430,6 +433,12 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 		if err := t.free.Update(nil, r.slot, ebpf.UpdateAny); err != nil {
 			return fmt.Errorf("free expired series slot: %w", err)
 		}
+	}
+	if len(t.retiring) > 0 {
+		// Sockets cached as overflow see the new generation and look
+		// for one of the freed rows.
+		gen := t.words()[uint64(t.layout.OverflowSlot())*uint64(t.layout.Stride())+kmaps.RowGeneration]
+		t.storeWord(t.layout.OverflowSlot(), kmaps.RowGeneration, gen+1)
 	}
 	t.retiring = t.retiring[:0]
 	return nil
