@@ -3,10 +3,12 @@ package tcprttreceiver
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/scraper/scraperhelper"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
@@ -104,6 +106,61 @@ func createDefaultConfig() *Config {
 		IdleTimeout:      defaultIdleTimeout,
 		AttachMode:       string(defaultAttachMode),
 	}
+}
+
+// Unmarshal rejects values the generic decoding would silently bend: a
+// fractional number where an integer is wanted (scale: 8.9 would become 8)
+// and a bare number where a duration is wanted (idle_timeout: 5 would be
+// 5 ns), then decodes as usual.
+func (c *Config) Unmarshal(conf *confmap.Conf) error {
+	if conf == nil {
+		return nil
+	}
+	var errs []error
+	for _, key := range []string{"scale", "max_series"} {
+		errs = append(errs, checkInteger(key, conf.Get(key)))
+	}
+	for _, key := range []string{"filter::local_ports", "filter::remote_ports"} {
+		if list, ok := conf.Get(key).([]any); ok {
+			for i, v := range list {
+				errs = append(errs, checkInteger(fmt.Sprintf("%s[%d]", key, i), v))
+			}
+		}
+	}
+	for _, key := range []string{"collection_interval", "initial_delay", "timeout", "idle_timeout"} {
+		errs = append(errs, checkDuration(key, conf.Get(key)))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return conf.Unmarshal(c)
+}
+
+func checkInteger(key string, v any) error {
+	if f, ok := v.(float64); ok && f != math.Trunc(f) {
+		return fmt.Errorf("%s: %v is not an integer", strings.ReplaceAll(key, "::", "."), f)
+	}
+	return nil
+}
+
+func checkDuration(key string, v any) error {
+	var n float64
+	switch x := v.(type) {
+	case int:
+		n = float64(x)
+	case int64:
+		n = float64(x)
+	case uint64:
+		n = float64(x)
+	case float64:
+		n = x
+	default:
+		return nil // a string such as "5m", or unset
+	}
+	if n != 0 {
+		return fmt.Errorf("%s: %v has no unit; write e.g. %vs or %vms", key, v, v, v)
+	}
+	return nil
 }
 
 // Validate checks every key and names the bad ones with their values.

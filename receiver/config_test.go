@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/confmaptest"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
@@ -458,4 +459,30 @@ func TestKernelBytesLimit(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "max_series")
 	assert.Greater(t, c.kernelBytes(), uint64(maxKernelBytes))
+}
+
+// TestUnmarshalRejectsBentValues: values the generic decoding would
+// silently truncate or misread are rejected, naming the key and value.
+func TestUnmarshalRejectsBentValues(t *testing.T) {
+	for _, tt := range []struct {
+		conf map[string]any
+		want string
+	}{
+		{map[string]any{"scale": 8.9}, "scale: 8.9 is not an integer"},
+		{map[string]any{"max_series": 10.5}, "max_series: 10.5 is not an integer"},
+		{map[string]any{"filter": map[string]any{"local_ports": []any{80, 80.5}}}, "filter.local_ports[1]: 80.5 is not an integer"},
+		{map[string]any{"idle_timeout": 5}, "idle_timeout: 5 has no unit"},
+		{map[string]any{"collection_interval": 2.5}, "collection_interval: 2.5 has no unit"},
+	} {
+		cfg := createDefaultConfig()
+		err := confmap.NewFromStringMap(tt.conf).Unmarshal(cfg)
+		assert.ErrorContains(t, err, tt.want, "%v", tt.conf)
+	}
+	cfg := createDefaultConfig()
+	require.NoError(t, confmap.NewFromStringMap(map[string]any{
+		"scale": 4.0, "idle_timeout": 0, "timeout": "5s", "filter": map[string]any{"remote_ports": []any{443}},
+	}).Unmarshal(cfg))
+	assert.Equal(t, 4, cfg.Scale)
+	assert.Equal(t, []int{443}, cfg.Filter.RemotePorts)
+	assert.Equal(t, 5*time.Second, cfg.Timeout)
 }
