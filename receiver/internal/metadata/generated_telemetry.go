@@ -170,7 +170,7 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 	errs = errors.Join(errs, err)
 	builder.TcprttSamplesRecorded, err = builder.meter.Int64ObservableCounter(
 		"otelcol_tcprtt_samples_recorded",
-		metric.WithDescription("RTT samples recorded into the histograms (cumulative kernel counter). [Alpha]"),
+		metric.WithDescription("RTT samples recorded into the histograms, the overflow series included (cumulative kernel counter; samples of series expired for idleness stay counted). [Alpha]"),
 		metric.WithUnit("{sample}"),
 	)
 	errs = errors.Join(errs, err)

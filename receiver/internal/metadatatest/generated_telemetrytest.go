@@ -70,7 +70,7 @@ func AssertEqualTcprttSamplesOverflowed(t *testing.T, tt *componenttest.Telemetr
 func AssertEqualTcprttSamplesRecorded(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
 	want := metricdata.Metrics{
 		Name:        "otelcol_tcprtt_samples_recorded",
-		Description: "RTT samples recorded into the histograms (cumulative kernel counter). [Alpha]",
+		Description: "RTT samples recorded into the histograms, the overflow series included (cumulative kernel counter; samples of series expired for idleness stay counted). [Alpha]",
 		Unit:        "{sample}",
 		Data: metricdata.Sum[int64]{
 			Temporality: metricdata.CumulativeTemporality,
