@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"net"
 	"net/netip"
 	"os"
 	"testing"
@@ -294,4 +295,48 @@ func bpfObjects(t *testing.T) string {
 	p, m, l, err := testenv.BPFObjects()
 	require.NoError(t, err)
 	return fmt.Sprintf("%d programs, %d maps, %d links", p, m, l)
+}
+
+// TestV4MappedCountsAsIPv4: the server side of an IPv4 connection accepted
+// by a dual-stack IPv6 listener is an IPv6 socket with v4-mapped addresses;
+// it is counted, and shown, as IPv4.
+func TestV4MappedCountsAsIPv4(t *testing.T) {
+	requireKernel(t)
+	ln, err := net.Listen("tcp", "[::]:0") // dual-stack
+	require.NoError(t, err)
+	t.Cleanup(func() { ln.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	sink := startFromFactory(t, func(c *Config) {
+		c.GroupBy = []string{"local_address", "local_port", "remote_address"}
+		c.Filter.LocalPorts = []int{port}
+	})
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}
+	client, err := d.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	require.NoError(t, err)
+	t.Cleanup(func() { client.Close() })
+	server, err := ln.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() { server.Close() })
+	require.Contains(t, server.LocalAddr().String(), "127.0.0.1", "Go shows the unmapped address")
+	var b [1]byte
+	for range 20 {
+		_, err := client.Write(b[:])
+		require.NoError(t, err)
+		_, err = server.Read(b[:])
+		require.NoError(t, err)
+		_, err = server.Write(b[:])
+		require.NoError(t, err)
+		_, err = client.Read(b[:])
+		require.NoError(t, err)
+	}
+	md := waitScrape(t, sink)
+	dps := testenv.RTTPoints(md)
+	require.Len(t, dps, 1, "the v4-mapped server socket only")
+	assert.Equal(t, map[string]any{
+		"network.local.address": "127.0.0.1",
+		"network.local.port":    int64(port),
+		"network.peer.address":  "127.0.0.2",
+		"network.type":          "ipv4",
+	}, dps[0].Attributes().AsRaw())
+	assert.GreaterOrEqual(t, dps[0].Count(), uint64(20))
 }
