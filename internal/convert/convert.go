@@ -98,8 +98,9 @@ func New(opts Options) (*Converter, error) {
 // Table is the bucket table the converter maps positions with.
 func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 
-// Append appends the tcp.rtt metric for snap, observed at now, to ms.
-// The series must be summarized (kmaps.DecodeRow does it).
+// Append appends the tcp.rtt metric for snap, observed at now, to ms,
+// unless it would have no data point. The series must be summarized
+// (kmaps.DecodeRow does it).
 //
 // A cumulative series starts when the program attached, or, for a series
 // first seen later (a new peer after an idle one expired, say), at the
@@ -167,6 +168,14 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		}
 	}
 	c.lastTime = now
+	if dps.Len() == 0 {
+		// No TCP traffic yet (or none new, in delta): a metric without
+		// points says nothing, so there is none.
+		ms.RemoveIf(func(x pmetric.Metric) bool {
+			return x.Name() == MetricName && x.Type() == pmetric.MetricTypeExponentialHistogram &&
+				x.ExponentialHistogram().DataPoints().Len() == 0
+		})
+	}
 }
 
 func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {

@@ -241,3 +241,20 @@ func BenchmarkAppend(b *testing.B) {
 		})
 	}
 }
+
+func TestNoPointsNoMetric(t *testing.T) {
+	table, err := bucket.NewTable(3, bucket.Seconds)
+	require.NoError(t, err)
+	for _, temp := range []Temporality{Cumulative, Delta} {
+		c, err := New(Options{Table: table, GroupBy: kmaps.GroupRemoteAddress, Temporality: temp, Start: attach})
+		require.NoError(t, err)
+		md := convert(t, c, &kmaps.Snapshot{}, scrape)
+		assert.Equal(t, 0, md.MetricCount(), "%s: no series, no metric", temp)
+	}
+	// Delta with nothing new since the last conversion: no metric either.
+	c, err := New(Options{Table: table, GroupBy: kmaps.GroupRemoteAddress, Temporality: Delta, Start: attach})
+	require.NoError(t, err)
+	snap := &kmaps.Snapshot{Series: []kmaps.Series{series(t, table, key(kmaps.GroupRemoteAddress, "::1", "::1", 0, 0), 0, 80)}}
+	assert.Equal(t, 1, convert(t, c, snap, scrape).MetricCount())
+	assert.Equal(t, 0, convert(t, c, snap, scrape.Add(time.Second)).MetricCount())
+}
