@@ -160,11 +160,11 @@ func TestAccountingIdentity(t *testing.T) {
 // of N scrapes add up, bucket by bucket, to the kernel's cumulative counts.
 func TestDeltasAddUpToCumulative(t *testing.T) {
 	requireKernel(t)
-	server := netip.MustParseAddr("127.0.0.5")
+	server := netip.MustParseAddr("127.0.0.90") // no other test uses it
 	s := startScraper(t, func(c *Config) {
 		c.Temporality = "delta"
 		c.GroupBy = []string{"remote_address"}
-		c.Filter.RemoteAddresses = []string{"127.0.0.5"} // only this test's client sockets
+		c.Filter.RemoteAddresses = []string{server.String()} // only this test's client sockets
 	})
 	conns := []*tcptest.Conn{tcptest.Dial(t, server, clientV4), tcptest.Dial(t, server, otherV4)}
 	stop := make(chan struct{})

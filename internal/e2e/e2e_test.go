@@ -42,9 +42,10 @@ import (
 const (
 	// The two ends of the test connection. Both sockets live on this host, so
 	// both are measured: the client's peer is serverIP and the server's peer is
-	// clientIP.
-	serverIP = "127.0.0.3"
-	clientIP = "127.0.0.2"
+	// clientIP. No other test uses them: the program sees the whole host, and
+	// packages run in parallel.
+	serverIP = "127.0.0.81"
+	clientIP = "127.0.0.80"
 
 	metricName    = "tcp.rtt"
 	metricUnit    = "s"
