@@ -7,6 +7,7 @@
 #                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
 #   make bench          per-event cost, throughput, kernel memory and scrape benchmarks (as root)
+#   make lint           staticcheck
 #   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
 #                       endpoint and against a real Prometheus, privileges, config validation;
 #                       builds the collector and, once (~7-9 min cold), Prometheus
@@ -55,7 +56,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -76,6 +77,11 @@ test: otelcol prometheus
 
 generate:
 	$(GO) generate ./bpf/
+
+# staticcheck, pinned, on top of the vet run by make test.
+STATICCHECK_VERSION ?= v0.7.0
+lint:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Cost of the program and the receiver (as root, on a quiet machine): per-event
 # run time vs an empty program, throughput A/B, kernel memory; then the scrape

@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -38,7 +37,7 @@ func buildCommand(t *testing.T, dir string) string {
 	t.Helper()
 	goTool, err := exec.LookPath("go")
 	if err != nil {
-		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+		goTool = "/usr/local/go/bin/go" // sudo's PATH often lacks it
 	}
 	bin := filepath.Join(dir, "tcprtt")
 	cmd := exec.Command(goTool, "build", "-o", bin, ".")
