@@ -87,8 +87,16 @@ lint:
 # run time vs an empty program, throughput A/B, kernel memory; then the scrape
 # benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap.
 bench:
+	@mkdir -p build
 	$(GO) run ./internal/benchtool
-	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./internal/loader/ ./internal/convert/
+	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./internal/loader/ ./internal/convert/ | tee build/bench-go.txt
+	@awk '/^BenchmarkRead\/series=/ { split($$1, a, "[=-]"); r[a[2]] = $$3 } \
+	     /^BenchmarkScrape\/series=/ { split($$1, a, "[=-]"); s[a[2]] = $$3 } \
+	     END { print "\n3. Scrape (read + convert to pmetric) vs the bare map read, ns/op:"; \
+	           n = split("100 1000 10000", sizes, " "); \
+	           for (i = 1; i <= n; i++) { k = sizes[i]; \
+	               printf "   %5d series: read %11d  scrape %11d  ratio %.2f  (%.0f ns/series)\n", \
+	                   k, r[k], s[k], s[k] / r[k], s[k] / k } }' build/bench-go.txt
 
 e2e: otelcol prometheus
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
