@@ -79,9 +79,27 @@ func TestCollectorExportsTCPRTT(t *testing.T) {
 	traffic := startTraffic(t, dataTimeout+5*time.Second)
 
 	// First data point with count > 0 seen for each side, summarized.
+	want := awaitPeers(t, col, sink, 0)
+	t.Logf("client side (peer %s): %s", serverIP, want[serverIP])
+	t.Logf("server side (peer %s): %s", clientIP, want[clientIP])
+
+	rounds, err := traffic.stop()
+	require.NoError(t, err, "traffic generator")
+	require.Positive(t, rounds)
+	t.Logf("%d exports received, %d request/response round trips made", len(sink.metrics()), rounds)
+
+	col.stop(t)
+	require.NoError(t, sink.err(), "OTLP endpoint")
+}
+
+// awaitPeers waits until exports received after the first skip ones hold a
+// tcp.rtt point with count > 0 for both test peers, and returns their
+// summaries.
+func awaitPeers(t *testing.T, c *collector, sink *otlpSink, skip int) map[string]string {
+	t.Helper()
 	want := map[string]string{serverIP: "", clientIP: ""}
 	deadline := time.Now().Add(dataTimeout)
-	checked := 0
+	checked := skip
 	for {
 		batches := sink.metrics()
 		for _, md := range batches[checked:] {
@@ -93,28 +111,18 @@ func TestCollectorExportsTCPRTT(t *testing.T) {
 		}
 		checked = len(batches)
 		if t.Failed() || (want[serverIP] != "" && want[clientIP] != "") {
-			break
+			require.False(t, t.Failed(), "bad %s content (see above)", metricName)
+			return want
 		}
-		if err := col.exited(); err != nil {
+		if err := c.exited(); err != nil {
 			t.Fatalf("collector exited early: %v", err)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no %s data point with count > 0 for %s=%s (client side) and %s (server side) within %s; seen: %v; %d exports received",
-				metricName, attrPeerAddr, serverIP, clientIP, dataTimeout, want, len(batches))
+			t.Fatalf("no %s data point with count > 0 for %s=%s and %s within %s; seen: %v; %d exports received",
+				metricName, attrPeerAddr, serverIP, clientIP, dataTimeout, want, len(batches)-skip)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	require.False(t, t.Failed(), "bad %s content (see above)", metricName)
-	t.Logf("client side (peer %s): %s", serverIP, want[serverIP])
-	t.Logf("server side (peer %s): %s", clientIP, want[clientIP])
-
-	rounds, err := traffic.stop()
-	require.NoError(t, err, "traffic generator")
-	require.Positive(t, rounds)
-	t.Logf("%d exports received, %d request/response round trips made", len(sink.metrics()), rounds)
-
-	col.stop(t)
-	require.NoError(t, sink.err(), "OTLP endpoint")
 }
 
 // checkExport validates every tcp.rtt metric of md and returns, by peer

@@ -305,36 +305,3 @@ func (e *unprivEnv) runUnprivileged(t *testing.T, mode string, caps []string) (o
 	require.NoError(t, e.sink.err(), "OTLP endpoint")
 	return !t.Failed(), attached, refused, ""
 }
-
-// awaitPeers waits until exports received after the first skip ones hold a
-// tcp.rtt point with count > 0 for both test peers, and returns their
-// summaries.
-func awaitPeers(t *testing.T, c *collector, sink *otlpSink, skip int) map[string]string {
-	t.Helper()
-	want := map[string]string{serverIP: "", clientIP: ""}
-	deadline := time.Now().Add(dataTimeout)
-	checked := skip
-	for {
-		batches := sink.metrics()
-		for _, md := range batches[checked:] {
-			for addr, summary := range checkExport(t, md) {
-				if prev, ok := want[addr]; ok && prev == "" {
-					want[addr] = summary
-				}
-			}
-		}
-		checked = len(batches)
-		if t.Failed() || (want[serverIP] != "" && want[clientIP] != "") {
-			require.False(t, t.Failed(), "bad %s content (see above)", metricName)
-			return want
-		}
-		if err := c.exited(); err != nil {
-			t.Fatalf("collector exited early: %v", err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no %s data point with count > 0 for %s=%s and %s within %s; seen: %v; %d exports received",
-				metricName, attrPeerAddr, serverIP, clientIP, dataTimeout, want, len(batches)-skip)
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-}
