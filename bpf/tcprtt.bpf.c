@@ -432,8 +432,7 @@ static __always_inline void mask_tuple(struct series_key *k)
 // be taken.
 static __always_inline struct series_ref lookup_series(struct series_key *key)
 {
-	struct series_ref ref = overflow_ref();
-	struct series_ref *found;
+	struct series_ref ref, *found;
 	__u64 *generation;
 	__u32 slot;
 
@@ -441,11 +440,11 @@ static __always_inline struct series_ref lookup_series(struct series_key *key)
 	if (found)
 		return *found;
 	if (bpf_map_pop_elem(&free_slots, &slot))
-		return ref;
+		return overflow_ref();
 	generation = row_word(slot, ROW_GENERATION);
 	if (!generation) {
 		bpf_map_push_elem(&free_slots, &slot, 0);
-		return ref;
+		return overflow_ref();
 	}
 	ref.slot = slot;
 	ref.generation = (__u32)*generation;
@@ -453,16 +452,15 @@ static __always_inline struct series_ref lookup_series(struct series_key *key)
 		// Another CPU inserted the same key first: use its slot.
 		bpf_map_push_elem(&free_slots, &slot, 0);
 		found = bpf_map_lookup_elem(&series_index, key);
-		if (found)
-			return *found;
-		ref = overflow_ref();
+		return found ? *found : overflow_ref();
 	}
 	return ref;
 }
 
 // record handles one segment. With cache (BTF-typed socket pointers:
 // fentry, tp_btf) the socket's series lives in sk_storage and the common
-// path is one storage lookup plus two array adds.
+// path is one storage lookup, one atomic add to the bucket and one add to
+// this CPU's sum.
 static __always_inline int record(struct sock *sk, const bool cache)
 {
 	struct series_ref *cached = NULL, ref;
@@ -542,8 +540,8 @@ int tcprtt_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 	return record((struct sock *)BPF_CORE_READ(ctx, skaddr), false);
 }
 
-// bucket_selftest maps selftest_raw[i] to selftest_pos[i] with the same
-// code the hooks use, so tests can check the kernel's bucket choice
+// bucket_selftest maps the raw values of selftest[0] to bucket positions
+// in selftest[1] with the same code the hooks use, so tests can check the kernel's bucket choice
 // against the Go reference for any value (it is run with BPF_PROG_RUN and
 // never attached).
 #define SELFTEST_BATCH 1024
