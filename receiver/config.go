@@ -170,19 +170,7 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
 	}
 
-	if _, err := c.groupBy(); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := parsePorts("filter.local_ports", c.Filter.LocalPorts); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := parsePorts("filter.remote_ports", c.Filter.RemotePorts); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := parsePrefixes("filter.local_addresses", c.Filter.LocalAddresses); err != nil {
-		errs = append(errs, err)
-	}
-	if _, err := parsePrefixes("filter.remote_addresses", c.Filter.RemoteAddresses); err != nil {
+	if err := c.parseLists(&loader.Spec{}); err != nil {
 		errs = append(errs, err)
 	}
 	scaleOK := c.Scale >= bucket.MinScale && c.Scale <= bucket.MaxScale
@@ -279,26 +267,26 @@ func parsePrefixes(key string, values []string) ([]netip.Prefix, error) {
 	return out, errors.Join(errs...)
 }
 
+// parseLists turns group_by and the filter lists into their form in spec,
+// reporting every bad entry.
+func (c *Config) parseLists(spec *loader.Spec) error {
+	var errs [5]error
+	spec.GroupBy, errs[0] = c.groupBy()
+	spec.LocalPorts, errs[1] = parsePorts("filter.local_ports", c.Filter.LocalPorts)
+	spec.RemotePorts, errs[2] = parsePorts("filter.remote_ports", c.Filter.RemotePorts)
+	spec.LocalPrefixes, errs[3] = parsePrefixes("filter.local_addresses", c.Filter.LocalAddresses)
+	spec.RemotePrefixes, errs[4] = parsePrefixes("filter.remote_addresses", c.Filter.RemoteAddresses)
+	return errors.Join(errs[:]...)
+}
+
 // loaderSpec turns a validated Config into the program's spec.
 func (c *Config) loaderSpec() (loader.Spec, error) {
 	var spec loader.Spec
+	if err := c.parseLists(&spec); err != nil {
+		return spec, err
+	}
 	var err error
-	if spec.GroupBy, err = c.groupBy(); err != nil {
-		return spec, err
-	}
 	if spec.Table, err = bucket.NewTable(c.Scale, bucket.Unit(c.Unit)); err != nil {
-		return spec, err
-	}
-	if spec.LocalPorts, err = parsePorts("filter.local_ports", c.Filter.LocalPorts); err != nil {
-		return spec, err
-	}
-	if spec.RemotePorts, err = parsePorts("filter.remote_ports", c.Filter.RemotePorts); err != nil {
-		return spec, err
-	}
-	if spec.LocalPrefixes, err = parsePrefixes("filter.local_addresses", c.Filter.LocalAddresses); err != nil {
-		return spec, err
-	}
-	if spec.RemotePrefixes, err = parsePrefixes("filter.remote_addresses", c.Filter.RemoteAddresses); err != nil {
 		return spec, err
 	}
 	spec.Mode = loader.Mode(c.AttachMode)
