@@ -9,7 +9,6 @@ import (
 	"math"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -45,11 +44,7 @@ var supportedModes = []loader.Mode{loader.ModeTpBtf, loader.ModeRawTp, loader.Mo
 func requireKernel(t *testing.T) {
 	t.Helper()
 	testenv.RequireBPF(t)
-	if _, err := os.Stat("/sys/kernel/tracing/events"); err != nil {
-		if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
-			t.Fatalf("mount tracefs for the tracepoint flavour: %v", err)
-		}
-	}
+	testenv.MountTracefs(t)
 }
 
 // point finds the data point whose attributes include all of want.

@@ -268,9 +268,7 @@ service:
       receivers: [tcprtt]
       exporters: [otlp_http]
 `, endpoint)
-	path := filepath.Join(t.TempDir(), "otelcol-e2e.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
-	return path
+	return writeFileIn(t, t.TempDir(), "otelcol-e2e.yaml", []byte(cfg), 0o600)
 }
 
 // otlpSink is an OTLP/HTTP metrics endpoint that keeps every export.

@@ -236,9 +236,7 @@ service:
       processors: [resource]
       exporters: [otlp_http/prometheus, otlp_http/sink]
 `, promEndpoint, sinkEndpoint, promPeerFilter)
-	path := filepath.Join(t.TempDir(), "otelcol-prometheus.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
-	return path
+	return writeFileIn(t, t.TempDir(), "otelcol-prometheus.yaml", []byte(cfg), 0o600)
 }
 
 // runSlowPair makes request/response round trips between slowClient and

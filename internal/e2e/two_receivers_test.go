@@ -5,8 +5,6 @@ package e2e
 import (
 	"fmt"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -54,8 +52,7 @@ service:
       receivers: [tcprtt/by_peer, tcprtt/by_port]
       exporters: [otlp_http]
 `, server, sink.url)
-	path := filepath.Join(t.TempDir(), "two-receivers.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
+	path := writeFileIn(t, t.TempDir(), "two-receivers.yaml", []byte(cfg), 0o600)
 
 	col := startCollector(t, collectorBinary(t), path)
 	col.waitReady(t, readyTimeout)

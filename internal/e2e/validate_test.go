@@ -6,9 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -227,9 +225,7 @@ service:
       receivers: [tcprtt]
       exporters: [debug]
 `, body)
-	path := filepath.Join(t.TempDir(), "otelcol-validate.yaml")
-	require.NoError(t, os.WriteFile(path, []byte(cfg), 0o600))
-	return path
+	return writeFileIn(t, t.TempDir(), "otelcol-validate.yaml", []byte(cfg), 0o600)
 }
 
 // runValidate runs `bin validate --config=path` and returns its exit status

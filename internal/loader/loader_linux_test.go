@@ -5,25 +5,13 @@ package loader
 import (
 	"fmt"
 	"net/netip"
-	"os"
 	"testing"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
-
-func mountTracefs(t *testing.T) {
-	t.Helper()
-	if _, err := os.Stat("/sys/kernel/tracing/events"); err != nil {
-		if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
-			t.Fatalf("mount tracefs for the tracepoint flavour: %v", err)
-		}
-	}
-}
 
 // TestSocketReads checks, for every flavour this kernel attaches and for
 // both ways of reading the socket (direct loads through bpf_rdonly_cast,
@@ -32,7 +20,7 @@ func mountTracefs(t *testing.T) {
 // own TCP_INFO reports (read just before one more round trip).
 func TestSocketReads(t *testing.T) {
 	testenv.RequireBPF(t)
-	mountTracefs(t)
+	testenv.MountTracefs(t)
 	table, err := bucket.NewTable(3, bucket.Microseconds)
 	if err != nil {
 		t.Fatal(err)

@@ -4,6 +4,9 @@ package testenv
 
 import (
 	"os"
+	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // BPFObjects counts this process's open BPF programs, maps and links (by
@@ -30,4 +33,16 @@ func BPFObjects() (progs, maps, links int, err error) {
 		}
 	}
 	return progs, maps, links, nil
+}
+
+// MountTracefs mounts tracefs at /sys/kernel/tracing if it is not there:
+// the classic tracepoint flavour reads the event's id from it.
+func MountTracefs(t testing.TB) {
+	t.Helper()
+	if _, err := os.Stat("/sys/kernel/tracing/events"); err == nil {
+		return
+	}
+	if err := unix.Mount("tracefs", "/sys/kernel/tracing", "tracefs", 0, ""); err != nil {
+		t.Fatalf("mount tracefs for the tracepoint flavour: %v", err)
+	}
 }
