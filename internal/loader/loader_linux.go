@@ -437,8 +437,7 @@ func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
 	if len(t.retiring) > 0 {
 		// Sockets cached as overflow see the new generation and look
 		// for one of the freed rows.
-		gen := t.words()[uint64(t.layout.OverflowSlot())*uint64(t.layout.Stride())+kmaps.RowGeneration]
-		t.storeWord(t.layout.OverflowSlot(), kmaps.RowGeneration, gen+1)
+		atomic.AddUint64(t.word(t.layout.OverflowSlot(), kmaps.RowGeneration), 1)
 	}
 	t.retiring = t.retiring[:0]
 	return nil
@@ -464,8 +463,12 @@ func (t *Tracer) words() []uint64 {
 	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.counts))), len(t.counts)/8)
 }
 
+func (t *Tracer) word(slot, word uint32) *uint64 {
+	return &t.words()[uint64(slot)*uint64(t.layout.Stride())+uint64(word)]
+}
+
 func (t *Tracer) storeWord(slot, word uint32, v uint64) {
-	atomic.StoreUint64(&t.words()[uint64(slot)*uint64(t.layout.Stride())+uint64(word)], v)
+	atomic.StoreUint64(t.word(slot, word), v)
 }
 
 func (t *Tracer) loadRow(slot uint32, row []uint64) {
