@@ -55,6 +55,7 @@ type intervals struct {
 	numBuckets int // positions of the table
 	prev       map[seriesID]*cumulative
 	round      uint64
+	delta      kmaps.Series // scratch
 }
 
 func newIntervals(groupBy kmaps.GroupBy, numBuckets uint32) *intervals {
@@ -94,14 +95,14 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 			h = &histogram{addr: dk.addr, overflow: dk.overflow, buckets: make([]uint64, iv.numBuckets)}
 			merged[dk] = h
 		}
-		h.zero += s.Zero - last.Zero
-		h.sum += s.Sum - last.Sum
-		for i, v := range s.Buckets {
-			pos := s.Offset + i
-			h.buckets[pos] += v - last.Bucket(pos)
+		d := &iv.delta
+		s.Since(last, d)
+		h.zero += d.Zero
+		h.sum += d.Sum
+		for i, v := range d.Buckets {
+			h.buckets[d.Offset+i] += v
 		}
-		last.Zero, last.Sum, last.Total, last.Offset = s.Zero, s.Sum, s.Total, s.Offset
-		last.Buckets = append(last.Buckets[:0], s.Buckets...) // s.Buckets aliases the read buffer
+		s.CopyCounts(last)
 	}
 	for id, p := range iv.prev {
 		if p.round != iv.round {

@@ -76,7 +76,7 @@ type Converter struct {
 	series   map[seriesID]*state
 	lastTime time.Time
 	round    uint64
-	delta    []uint64 // scratch
+	delta    kmaps.Series // scratch
 }
 
 // New returns a Converter for opts.
@@ -135,32 +135,16 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		}
 		st.seen = c.round
 		if !delta {
-			c.appendPoint(dps, st, s.Zero, s.Sum, s.Total, s.Buckets, s.Offset, st.start, ts)
+			c.appendPoint(dps, st, s, st.start, ts)
 			continue
 		}
 		p := &st.prev
 		if s.Total == p.Total {
 			continue // no new samples
 		}
-		c.delta = c.delta[:0]
-		first, lastPos := -1, -1
-		for i, v := range s.Buckets {
-			d := v - p.Bucket(s.Offset+i)
-			if d != 0 {
-				if first < 0 {
-					first = i
-				}
-				lastPos = i
-			}
-			c.delta = append(c.delta, d)
-		}
-		var counts []uint64
-		if first >= 0 {
-			counts = c.delta[first : lastPos+1]
-		}
-		c.appendPoint(dps, st, s.Zero-p.Zero, s.Sum-p.Sum, s.Total-p.Total, counts, s.Offset+first, last, ts)
-		p.Zero, p.Sum, p.Total, p.Offset = s.Zero, s.Sum, s.Total, s.Offset
-		p.Buckets = append(p.Buckets[:0], s.Buckets...) // s.Buckets aliases the read buffer
+		s.Since(p, &c.delta)
+		c.appendPoint(dps, st, &c.delta, last, ts)
+		s.CopyCounts(p)
 	}
 	for id, st := range c.series {
 		if st.seen != c.round {
@@ -184,10 +168,10 @@ func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {
 	return st
 }
 
-// appendPoint appends one data point; counts are the bucket counts from
-// position first on, non-empty at both ends (or none).
+// appendPoint appends the data point of counts, a summarized series
+// (cumulative) or the difference of two readings (delta).
 func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, st *state,
-	zero, rawSum, count uint64, counts []uint64, first int, start, ts pcommon.Timestamp,
+	counts *kmaps.Series, start, ts pcommon.Timestamp,
 ) {
 	dp := dps.AppendEmpty()
 	dp.SetStartTimestamp(start)
@@ -195,12 +179,12 @@ func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, 
 	st.attrs.CopyTo(dp.Attributes())
 	dp.SetScale(int32(c.opts.Table.Scale))
 	dp.SetZeroThreshold(0)
-	dp.SetZeroCount(zero)
-	dp.SetSum(float64(rawSum) / c.divisor)
-	dp.SetCount(count)
-	if len(counts) > 0 {
-		dp.Positive().SetOffset(c.opts.Table.MinIndex + int32(first))
-		dp.Positive().BucketCounts().FromRaw(counts)
+	dp.SetZeroCount(counts.Zero)
+	dp.SetSum(float64(counts.Sum) / c.divisor)
+	dp.SetCount(counts.Total)
+	if len(counts.Buckets) > 0 {
+		dp.Positive().SetOffset(c.opts.Table.MinIndex + int32(counts.Offset))
+		dp.Positive().BucketCounts().FromRaw(counts.Buckets)
 	}
 }
 

@@ -212,6 +212,41 @@ func (s *Series) Summarize() {
 // Summarize).
 func (s *Series) Count() uint64 { return s.Total }
 
+// Since sets d to the samples s has beyond prev, an earlier reading of
+// the same series (the kernel's counts only grow): the differences of the
+// zero count, sum, total and buckets, the buckets trimmed to the non-empty
+// range. d keeps its own buckets, reused across calls.
+func (s *Series) Since(prev *Series, d *Series) {
+	d.Zero, d.Sum = s.Zero-prev.Zero, s.Sum-prev.Sum
+	d.Total = d.Zero
+	d.Buckets, d.Offset = d.Buckets[:0], 0
+	first, last := -1, -1
+	for i, v := range s.Buckets {
+		if v != prev.Bucket(s.Offset+i) {
+			if first < 0 {
+				first = i
+			}
+			last = i
+		}
+	}
+	if first < 0 {
+		return
+	}
+	for i := first; i <= last; i++ {
+		n := s.Buckets[i] - prev.Bucket(s.Offset+i)
+		d.Buckets = append(d.Buckets, n)
+		d.Total += n
+	}
+	d.Offset = s.Offset + first
+}
+
+// CopyCounts copies the counts of s into dst, which keeps buckets of its
+// own (s.Buckets usually aliases a read buffer that is reused).
+func (s *Series) CopyCounts(dst *Series) {
+	dst.Zero, dst.Sum, dst.Total, dst.Offset = s.Zero, s.Sum, s.Total, s.Offset
+	dst.Buckets = append(dst.Buckets[:0], s.Buckets...)
+}
+
 // Bucket returns the count at position pos.
 func (s *Series) Bucket(pos int) uint64 {
 	if i := pos - s.Offset; i >= 0 && i < len(s.Buckets) {

@@ -349,3 +349,40 @@ func TestSeriesSummarize(t *testing.T) {
 	assert.Empty(t, s.Buckets, "no non-empty bucket")
 	assert.Equal(t, uint64(2), s.Total)
 }
+
+func TestSeriesSinceAndCopyCounts(t *testing.T) {
+	prev := kmaps.Series{Zero: 1, Sum: 100, Buckets: []uint64{2, 0, 3}, Offset: 5}
+	prev.Summarize()
+	cur := kmaps.Series{Zero: 2, Sum: 170, Buckets: []uint64{1, 2, 0, 5, 4}, Offset: 4}
+	cur.Summarize()
+
+	var d kmaps.Series
+	cur.Since(&prev, &d)
+	assert.Equal(t, uint64(1), d.Zero)
+	assert.Equal(t, uint64(70), d.Sum)
+	// Positions 4..8: cur 1 2 0 5 4, prev 0 2 0 3 0 -> 1 0 0 2 4.
+	assert.Equal(t, 4, d.Offset)
+	assert.Equal(t, []uint64{1, 0, 0, 2, 4}, d.Buckets)
+	assert.Equal(t, uint64(1+1+2+4), d.Total)
+
+	// Only a middle bucket grew: the difference is trimmed to it.
+	cur2 := kmaps.Series{Zero: 2, Sum: 171, Buckets: []uint64{1, 2, 0, 6, 4}, Offset: 4}
+	cur2.Summarize()
+	cur2.Since(&cur, &d)
+	assert.Equal(t, 7, d.Offset)
+	assert.Equal(t, []uint64{1}, d.Buckets)
+	assert.Equal(t, uint64(1), d.Total)
+	assert.Zero(t, d.Zero)
+
+	// Nothing new.
+	cur2.Since(&cur2, &d)
+	assert.Empty(t, d.Buckets)
+	assert.Zero(t, d.Total)
+
+	var kept kmaps.Series
+	cur.CopyCounts(&kept)
+	cur.Buckets[0] = 99 // the read buffer is reused
+	assert.Equal(t, []uint64{1, 2, 0, 5, 4}, kept.Buckets)
+	assert.Equal(t, cur.Total, kept.Total)
+	assert.Equal(t, 4, kept.Offset)
+}
