@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -74,19 +73,11 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 		return err
 	}
 	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
-	if refused := describeAttempts(s.tracer.Attempts()); refused != "" {
+	if refused := loader.DescribeAttempts(s.tracer.Attempts()); refused != "" {
 		fields = append(fields, zap.String("refused", refused))
 	}
 	s.logger.Info("tcprtt program attached", fields...)
 	return s.startTelemetry()
-}
-
-func describeAttempts(attempts []loader.Attempt) string {
-	var parts []string
-	for _, a := range attempts {
-		parts = append(parts, fmt.Sprintf("%s: %v", a.Mode, a.Err))
-	}
-	return strings.Join(parts, "; ")
 }
 
 func (s *rttScraper) startTelemetry() error {

@@ -120,17 +120,16 @@ type AttachError struct {
 }
 
 func (e *AttachError) Error() string {
-	var b strings.Builder
-	b.WriteString("no attach flavour of the tcprtt program worked (")
-	for i, a := range e.Attempts {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		fmt.Fprintf(&b, "%s: %v", a.Mode, a.Err)
+	return "no attach flavour of the tcprtt program worked (" + DescribeAttempts(e.Attempts) + "); " + Requirement
+}
+
+// DescribeAttempts lists attempts as "mode: error; mode: error".
+func DescribeAttempts(attempts []Attempt) string {
+	parts := make([]string, len(attempts))
+	for i, a := range attempts {
+		parts[i] = fmt.Sprintf("%s: %v", a.Mode, a.Err)
 	}
-	b.WriteString("); ")
-	b.WriteString(Requirement)
-	return b.String()
+	return strings.Join(parts, "; ")
 }
 
 // Unwrap exposes the attempts' errors to errors.Is.
