@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -56,11 +55,7 @@ func traffic(t *testing.T, conns ...*tcptest.Conn) {
 		wg.Go(func() {
 			var b [tcptest.MessageSize]byte
 			for ctx.Err() == nil {
-				if _, err := c.Client.Write(b[:]); err != nil {
-					t.Errorf("traffic %s: %v", c.ServerAddr(), err)
-					return
-				}
-				if _, err := io.ReadFull(c.Client, b[:]); err != nil {
+				if err := tcptest.RoundTrip(c.Client, b[:]); err != nil {
 					t.Errorf("traffic %s: %v", c.ServerAddr(), err)
 					return
 				}

@@ -27,6 +27,7 @@ import (
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 )
 
 func main() {
@@ -235,15 +236,7 @@ func drive(conns int, stop func(*atomic.Int64) bool) float64 {
 			}
 			go func() {
 				defer c.Close()
-				var b [32]byte
-				for {
-					if _, err := io.ReadFull(c, b[:]); err != nil {
-						return
-					}
-					if _, err := c.Write(b[:]); err != nil {
-						return
-					}
-				}
+				tcptest.Echo(c, tcptest.MessageSize)
 			}()
 		}
 	}()
@@ -260,14 +253,11 @@ func drive(conns int, stop func(*atomic.Int64) bool) float64 {
 		go func() {
 			defer wg.Done()
 			defer c.Close()
-			var b [32]byte
+			var b [tcptest.MessageSize]byte
 			for !stop(&done) {
-				if _, err := c.Write(b[:]); err != nil {
-					return
-				}
-				if _, err := io.ReadFull(c, b[:]); err != nil {
+				if err := tcptest.RoundTrip(c, b[:]); err != nil {
 					if !errors.Is(err, io.EOF) {
-						fail("read: %v", err)
+						fail("%v", err)
 					}
 					return
 				}

@@ -36,6 +36,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/pdata/pmetric/pmetricotlp"
 
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
@@ -491,13 +492,9 @@ func burst(ctx context.Context, d *net.Dialer, addr string) (int, error) {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) })
 	defer stop()
-	msg := bytes.Repeat([]byte{'x'}, 64)
-	buf := make([]byte, len(msg))
+	buf := bytes.Repeat([]byte{'x'}, 64)
 	for i := range burstRequests {
-		if _, err := conn.Write(msg); err != nil {
-			return i, err
-		}
-		if _, err := io.ReadFull(conn, buf); err != nil {
+		if err := tcptest.RoundTrip(conn, buf); err != nil {
 			return i, err
 		}
 	}
@@ -513,15 +510,7 @@ func serveEcho(ln net.Listener) {
 		}
 		go func() {
 			defer conn.Close()
-			buf := make([]byte, 64)
-			for {
-				if _, err := io.ReadFull(conn, buf); err != nil {
-					return
-				}
-				if _, err := conn.Write(buf); err != nil {
-					return
-				}
-			}
+			tcptest.Echo(conn, 64)
 		}()
 	}
 }

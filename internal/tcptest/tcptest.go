@@ -6,6 +6,7 @@
 package tcptest
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -67,17 +68,7 @@ func (s *Server) dial(t testing.TB, client netip.Addr) *Conn {
 	c := &Conn{Client: nc.(*net.TCPConn), Server: sc}
 	_ = c.Client.SetNoDelay(true)
 	_ = c.Server.SetNoDelay(true)
-	go func() {
-		var b [MessageSize]byte
-		for {
-			if _, err := io.ReadFull(sc, b[:]); err != nil {
-				return
-			}
-			if _, err := sc.Write(b[:]); err != nil {
-				return
-			}
-		}
-	}()
+	go Echo(sc, MessageSize)
 	return c
 }
 
@@ -106,11 +97,8 @@ func (c *Conn) Close() {
 func (c *Conn) RoundTrips(t testing.TB, n int) {
 	t.Helper()
 	for range n {
-		if _, err := c.Client.Write(c.buf[:]); err != nil {
-			t.Fatalf("write request: %v", err)
-		}
-		if _, err := io.ReadFull(c.Client, c.buf[:]); err != nil {
-			t.Fatalf("read response: %v", err)
+		if err := RoundTrip(c.Client, c.buf[:]); err != nil {
+			t.Fatal(err)
 		}
 	}
 }
@@ -142,4 +130,30 @@ func info(t testing.TB, conn *net.TCPConn) *unix.TCPInfo {
 		t.Fatalf("TCP_INFO: %v", serr)
 	}
 	return ti
+}
+
+// Echo answers every size-byte request on c with itself, until c fails
+// (the peer closed it, say). It needs no testing.TB, so background
+// traffic generators and the benchmark use it too.
+func Echo(c io.ReadWriter, size int) {
+	buf := make([]byte, size)
+	for {
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
+		}
+		if _, err := c.Write(buf); err != nil {
+			return
+		}
+	}
+}
+
+// RoundTrip sends buf on c and reads the answer of the same size into it.
+func RoundTrip(c io.ReadWriter, buf []byte) error {
+	if _, err := c.Write(buf); err != nil {
+		return fmt.Errorf("write request: %w", err)
+	}
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read response: %w", err)
+	}
+	return nil
 }
