@@ -83,7 +83,7 @@ func readAccounting(t *testing.T, s *rttScraper) accounting {
 		a := accounting{runs: after.RunCount, misses: after.RecursionMisses,
 			filtered: snap.Stats.Filtered, errors: snap.Stats.Errors}
 		for i := range snap.Series {
-			n := snap.Series[i].Count()
+			n := snap.Series[i].Total
 			a.recorded += n
 			if snap.Series[i].Overflow {
 				a.overflowed += n
@@ -228,8 +228,8 @@ func TestDeltasAddUpToCumulative(t *testing.T) {
 		idx := s.converter.Table().MinIndex + int32(cum.Offset+i)
 		assert.Equal(t, n, sums[peer][idx], "bucket %d", idx)
 	}
-	assert.Equal(t, cum.Count(), counts)
-	t.Logf("%d delta scrapes under traffic add up to the cumulative %d samples", scrapes+1, cum.Count())
+	assert.Equal(t, cum.Total, counts)
+	t.Logf("%d delta scrapes under traffic add up to the cumulative %d samples", scrapes+1, cum.Total)
 }
 
 // zeroBucket keys the zero count in the per-bucket sums.

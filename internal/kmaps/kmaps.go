@@ -208,10 +208,6 @@ func (s *Series) Summarize() {
 	s.Offset += first
 }
 
-// Count is the number of samples of the series (Total, as of the last
-// Summarize).
-func (s *Series) Count() uint64 { return s.Total }
-
 // Since sets d to the samples s has beyond prev, an earlier reading of
 // the same series (the kernel's counts only grow): the differences of the
 // zero count, sum, total and buckets, the buckets trimmed to the non-empty

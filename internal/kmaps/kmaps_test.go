@@ -276,7 +276,7 @@ func TestDecodeRow(t *testing.T) {
 	assert.Equal(t, uint64(0), s.Sum, "sums are not in the row")
 	assert.Equal(t, uint64(2), s.Zero)
 	assert.Equal(t, []uint64{10, 0, 30, 1}, s.Buckets)
-	assert.Equal(t, uint64(2+10+30+1), s.Count())
+	assert.Equal(t, uint64(2+10+30+1), s.Total)
 	// Fields DecodeRow does not own are left alone.
 	assert.Equal(t, kmaps.Key{Family: 4}, s.Key)
 	assert.Equal(t, uint32(1), s.Slot)
@@ -288,16 +288,16 @@ func TestDecodeRow(t *testing.T) {
 	assert.Same(t, &row[kmaps.RowBuckets], &s.Buckets[0])
 	row[kmaps.RowBuckets+2] = 31
 	assert.Equal(t, uint64(31), s.Buckets[2])
-	assert.Equal(t, uint64(2+10+30+1), s.Count(), "the total is as of DecodeRow")
+	assert.Equal(t, uint64(2+10+30+1), s.Total, "the total is as of DecodeRow")
 	s.Summarize()
-	assert.Equal(t, uint64(2+10+31+1), s.Count())
+	assert.Equal(t, uint64(2+10+31+1), s.Total)
 	assert.Equal(t, 0, s.Offset)
 	assert.Len(t, s.Buckets, 4)
 
 	var s2 kmaps.Series
 	require.NoError(t, kmaps.DecodeRow(buf[stride:], l, &s2))
 	assert.Equal(t, uint32(8), s2.Generation)
-	assert.Equal(t, uint64(5), s2.Count())
+	assert.Equal(t, uint64(5), s2.Total)
 	// Trimmed to the one non-empty bucket, position 1, still aliasing.
 	assert.Equal(t, 1, s2.Offset)
 	assert.Equal(t, []uint64{5}, s2.Buckets)
@@ -327,7 +327,7 @@ func TestDecodeRowWrongLength(t *testing.T) {
 func TestSeriesSummarize(t *testing.T) {
 	count := func(s kmaps.Series) uint64 {
 		s.Summarize()
-		return s.Count()
+		return s.Total
 	}
 	assert.Equal(t, uint64(0), count(kmaps.Series{}))
 	assert.Equal(t, uint64(3), count(kmaps.Series{Zero: 3}))
