@@ -1,0 +1,300 @@
+//go:build linux
+
+package loader
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+
+	"github.com/tcprtt/tcprtt/internal/kmaps"
+)
+
+// Read fills snap with the current state of the maps, reusing its
+// buffers (rows holds the series' bucket counts). Rows are read from the
+// mmapped counts array with atomic loads, so a concurrent increment is
+// never torn.
+//
+// Read also expires idle series (Spec.IdleTimeout): a series whose counts
+// did not change for that long is removed from the index, so a new socket
+// with its key takes a fresh row, and its row's generation is bumped, so
+// sockets that cached it resolve again. The row is read one last time and
+// freed at the next Read, after any program that saw the old generation
+// has long finished; that final read is reported (Retired) if it changed.
+func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
+	if t.coll == nil {
+		return errors.New("tcprtt program is closed")
+	}
+	now := t.now()
+	if err := t.readIndex(); err != nil {
+		return err
+	}
+	// Each series keeps only its non-empty bucket range, packed into rows;
+	// the capacity covers the worst case, so appends never move earlier
+	// series' buckets.
+	need := (len(t.keys) + len(t.retiring) + 1) * int(t.layout.NumBuckets)
+	if cap(*rows) < need {
+		*rows = make([]uint64, 0, need)
+	}
+	packed := (*rows)[:0]
+	snap.Series = snap.Series[:0]
+
+	if err := t.freeRetired(snap, &packed); err != nil {
+		return err
+	}
+	for i, ref := range t.refs {
+		s := kmaps.Series{Key: t.keys[i], Slot: ref.Slot}
+		if err := t.readSeries(&s, &packed); err != nil {
+			return err
+		}
+		if s.Generation != ref.Generation {
+			continue // recycled since the index was read
+		}
+		snap.Series = append(snap.Series, s)
+		if err := t.trackActivity(&snap.Series[len(snap.Series)-1], now); err != nil {
+			return err
+		}
+	}
+	o := kmaps.Series{Overflow: true, Slot: t.layout.OverflowSlot()}
+	if err := t.readSeries(&o, &packed); err != nil {
+		return err
+	}
+	// The overflow row is never reset: one cumulative run, whatever its
+	// generation (which only tells cached sockets that rows were freed).
+	o.Generation = 0
+	if o.Total > 0 {
+		snap.Series = append(snap.Series, o)
+	}
+	// The sums are read after the counts: the program adds to a bucket
+	// first, so every counted sample is in its sum (a sample landing in
+	// between may be in the sum a read early).
+	if err := t.readSums(snap.Series); err != nil {
+		return err
+	}
+	for i := range snap.Series {
+		snap.Series[i].Sum = t.slotSums[snap.Series[i].Slot]
+	}
+	var err error
+	snap.Stats, err = t.readStats()
+	snap.Stats.Expired = t.expired
+	return err
+}
+
+// activity is what Read remembers of a series row to detect idleness.
+type activity struct {
+	generation uint32
+	count      uint64
+	since      time.Time // last time count changed
+}
+
+// retired is a row taken from its series at the previous Read.
+type retired struct {
+	key        kmaps.Key
+	slot       uint32
+	generation uint32 // the series' generation, before the bump
+	count      uint64 // at the last Read
+}
+
+// trackActivity notes whether s changed and retires it once idle.
+func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
+	count := s.Total
+	a := &t.activity[s.Slot]
+	if a.since.IsZero() || a.generation != s.Generation || a.count != count {
+		*a = activity{generation: s.Generation, count: count, since: now}
+		return nil
+	}
+	if t.spec.IdleTimeout <= 0 || now.Sub(a.since) < t.spec.IdleTimeout {
+		return nil
+	}
+	if err := t.index.Delete(s.Key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+		return fmt.Errorf("expire idle series: %w", err)
+	}
+	t.storeWord(s.Slot, kmaps.RowGeneration, uint64(s.Generation+1))
+	*a = activity{}
+	t.retiring = append(t.retiring, retired{key: s.Key, slot: s.Slot, generation: s.Generation, count: count})
+	return nil
+}
+
+// freeRetired reads the rows retired at the previous Read a last time,
+// reports those that changed since, zeroes them and returns their slots
+// to the free queue.
+func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
+	for _, r := range t.retiring {
+		s := kmaps.Series{Key: r.key, Slot: r.slot, Retired: true}
+		if err := t.readSeries(&s, packed); err != nil {
+			return err
+		}
+		s.Generation = r.generation
+		if s.Total != r.count {
+			snap.Series = append(snap.Series, s)
+		}
+		t.expired += s.Total
+		for w := uint32(kmaps.RowZero); w < t.layout.Stride(); w++ {
+			t.storeWord(r.slot, w, 0)
+		}
+		if err := t.sums.Put(r.slot, make([]uint64, t.ncpu)); err != nil {
+			return fmt.Errorf("clear expired series sum: %w", err)
+		}
+		if err := t.free.Update(nil, r.slot, ebpf.UpdateAny); err != nil {
+			return fmt.Errorf("free expired series slot: %w", err)
+		}
+	}
+	if len(t.retiring) > 0 {
+		// Sockets cached as overflow see the new generation and look
+		// for one of the freed rows.
+		atomic.AddUint64(t.word(t.layout.OverflowSlot(), kmaps.RowGeneration), 1)
+	}
+	t.retiring = t.retiring[:0]
+	return nil
+}
+
+// readSeries decodes the row of s.Slot and appends its non-empty bucket
+// range to packed, which s.Buckets then aliases. The row is first copied
+// to a scratch row that stays in cache; only the few non-empty buckets
+// are kept.
+func (t *Tracer) readSeries(s *kmaps.Series, packed *[]uint64) error {
+	t.loadRow(s.Slot, t.scratch)
+	if err := kmaps.DecodeRow(t.scratch, t.layout, s); err != nil {
+		return err
+	}
+	start := len(*packed)
+	*packed = append(*packed, s.Buckets...)
+	s.Buckets = (*packed)[start:len(*packed):len(*packed)]
+	return nil
+}
+
+// words is the mmapped counts array as u64 words.
+func (t *Tracer) words() []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.counts))), len(t.counts)/8)
+}
+
+func (t *Tracer) word(slot, word uint32) *uint64 {
+	return &t.words()[uint64(slot)*uint64(t.layout.Stride())+uint64(word)]
+}
+
+func (t *Tracer) storeWord(slot, word uint32, v uint64) {
+	atomic.StoreUint64(t.word(slot, word), v)
+}
+
+func (t *Tracer) loadRow(slot uint32, row []uint64) {
+	start := uint64(slot) * uint64(t.layout.Stride())
+	src := t.words()[start : start+uint64(len(row))]
+	for i := range row {
+		row[i] = atomic.LoadUint64(&src[i])
+	}
+}
+
+// readSums reads the per-CPU sums of the slots of series into
+// t.slotSums. Slots are handed out lowest first, so the series' slots are
+// read with one batched lookup of the slots up to the highest in use (5.6+
+// kernels), and the overflow slot on its own.
+func (t *Tracer) readSums(series []kmaps.Series) error {
+	rows := int(t.layout.Rows())
+	if t.slotSums == nil {
+		t.sumKeys = make([]uint32, rows)
+		t.sumVals = make([]uint64, rows*t.ncpu)
+		t.slotSums = make([]uint64, rows)
+	}
+	n := 0
+	for i := range series {
+		if !series[i].Overflow {
+			n = max(n, int(series[i].Slot)+1)
+		}
+	}
+	if n > 0 {
+		var cursor ebpf.MapBatchCursor
+		got, err := t.sums.BatchLookup(&cursor, t.sumKeys[:n], t.sumVals[:n*t.ncpu], nil)
+		switch {
+		case errors.Is(err, ebpf.ErrNotSupported):
+			for slot := range n {
+				if err := t.lookupSum(uint32(slot)); err != nil {
+					return err
+				}
+			}
+		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
+			return fmt.Errorf("read sums: %w", err)
+		default:
+			for i := range got {
+				t.slotSums[t.sumKeys[i]] = sumOf(t.sumVals[i*t.ncpu : (i+1)*t.ncpu])
+			}
+		}
+	}
+	return t.lookupSum(t.layout.OverflowSlot())
+}
+
+func (t *Tracer) lookupSum(slot uint32) error {
+	perCPU := t.sumVals[:t.ncpu]
+	if err := t.sums.Lookup(slot, &perCPU); err != nil {
+		return fmt.Errorf("read sum of slot %d: %w", slot, err)
+	}
+	t.slotSums[slot] = sumOf(perCPU)
+	return nil
+}
+
+func sumOf(perCPU []uint64) uint64 {
+	var sum uint64
+	for _, v := range perCPU {
+		sum += v
+	}
+	return sum
+}
+
+const indexBatch = 1024
+
+// readIndex reads series_index into t.keys/t.refs with batched lookups.
+func (t *Tracer) readIndex() error {
+	t.keys, t.refs = t.keys[:0], t.refs[:0]
+	if t.batchKeys == nil {
+		t.batchKeys = make([]kmaps.Key, indexBatch)
+		t.batchRefs = make([]kmaps.Ref, indexBatch)
+	}
+	keys, refs := t.batchKeys, t.batchRefs
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := t.index.BatchLookup(&cursor, keys, refs, nil)
+		t.keys = append(t.keys, keys[:n]...)
+		t.refs = append(t.refs, refs[:n]...)
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return t.iterateIndex()
+		}
+		if err != nil {
+			return fmt.Errorf("read series index: %w", err)
+		}
+	}
+}
+
+func (t *Tracer) iterateIndex() error {
+	t.keys, t.refs = t.keys[:0], t.refs[:0]
+	var k kmaps.Key
+	var r kmaps.Ref
+	it := t.index.Iterate()
+	for it.Next(&k, &r) {
+		t.keys = append(t.keys, k)
+		t.refs = append(t.refs, r)
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("read series index: %w", err)
+	}
+	return nil
+}
+
+func (t *Tracer) readStats() (kmaps.Stats, error) {
+	var s kmaps.Stats
+	var perCPU []uint64
+	for i, dst := range []*uint64{&s.Filtered, &s.Errors} {
+		if err := t.stats.Lookup(uint32(i), &perCPU); err != nil {
+			return s, fmt.Errorf("read stats: %w", err)
+		}
+		for _, v := range perCPU {
+			*dst += v
+		}
+	}
+	return s, nil
+}
