@@ -164,6 +164,9 @@ func (l Layout) Validate() error {
 type Stats struct {
 	Filtered uint64 // samples of sockets excluded by the filters
 	Errors   uint64 // samples that could not be read or placed (expected 0)
+	// Missed counts the runs the kernel skipped (recursion_misses): a
+	// segment seen by the hook while another program ran on its CPU.
+	Missed uint64
 	// Expired counts the samples of series removed for idleness (their
 	// final counts), so that totals over all series stay monotonic.
 	Expired uint64

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tcprtt/tcprtt/bpf"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/lifecycle"
 )
 
 // Program names per mode, from the bpf2go output.
@@ -69,9 +70,9 @@ type Tracer struct {
 	sumVals  []uint64 // per slot and CPU
 	slotSums []uint64 // per slot, all CPUs
 	now      func() time.Time
-	activity []activity // by slot
-	retiring []retired
-	expired  uint64 // samples of freed rows
+	machine  *lifecycle.Machine
+	sumCarry []uint64             // by slot: sums moved in from retired rows (lifecycle AddToRow)
+	live     map[kmaps.Key]uint32 // this Read's index, built when a retired row needs it
 }
 
 // Open loads and attaches the program for spec. In ModeAuto it tries the
@@ -145,8 +146,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 
 		scratch:  make([]uint64, spec.Layout().Stride()),
 		now:      time.Now,
-		activity: make([]activity, spec.MaxSeries),
+		sumCarry: make([]uint64, spec.Layout().Rows()),
 	}
+	t.machine = lifecycle.New(kernelRows{t}, spec.MaxSeries, spec.IdleTimeout)
 	defer func() {
 		if err != nil {
 			t.Close()

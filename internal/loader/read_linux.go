@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -19,12 +18,11 @@ import (
 // mmapped counts array with atomic loads, so a concurrent increment is
 // never torn.
 //
-// Read also expires idle series (Spec.IdleTimeout): a series whose counts
-// did not change for that long is removed from the index, so a new socket
-// with its key takes a fresh row, and its row's generation is bumped, so
-// sockets that cached it resolve again. The row is read one last time and
-// freed at the next Read, after any program that saw the old generation
-// has long finished; that final read is reported (Retired) if it changed.
+// Read also runs the series lifecycle (internal/lifecycle): it expires
+// series idle for Spec.IdleTimeout, frees their rows one Read later
+// (reporting a final point only for samples that landed after the
+// retirement and had no new row of their key to go to), and sends
+// sockets cached in the overflow row to a free row when there is one.
 func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if t.coll == nil {
 		return errors.New("tcprtt program is closed")
@@ -36,14 +34,22 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	// Each series keeps only its non-empty bucket range, packed into rows;
 	// the capacity covers the worst case, so appends never move earlier
 	// series' buckets.
-	need := (len(t.keys) + len(t.retiring) + 1) * int(t.layout.NumBuckets)
+	need := (len(t.keys) + t.machine.Retiring() + 1) * int(t.layout.NumBuckets)
 	if cap(*rows) < need {
 		*rows = make([]uint64, 0, need)
 	}
 	packed := (*rows)[:0]
 	snap.Series = snap.Series[:0]
 
-	if err := t.freeRetired(snap, &packed); err != nil {
+	emit := func(s *kmaps.Series) {
+		final := *s
+		start := len(packed)
+		packed = append(packed, s.Buckets...)
+		final.Buckets = packed[start:len(packed):len(packed)]
+		snap.Series = append(snap.Series, final)
+	}
+	t.live = nil // built on first use, from this Read's index
+	if err := t.machine.FreeRetired(t.liveSlot, emit); err != nil {
 		return err
 	}
 	for i, ref := range t.refs {
@@ -55,7 +61,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 			continue // recycled since the index was read
 		}
 		snap.Series = append(snap.Series, s)
-		if err := t.trackActivity(&snap.Series[len(snap.Series)-1], now); err != nil {
+		if err := t.machine.Observe(&snap.Series[len(snap.Series)-1], now); err != nil {
 			return err
 		}
 	}
@@ -64,92 +70,30 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 		return err
 	}
 	// The overflow row is never reset: one cumulative run, whatever its
-	// generation (which only tells cached sockets that rows were freed).
+	// generation (which only tells cached sockets to look for a row).
 	o.Generation = 0
 	if o.Total > 0 {
 		snap.Series = append(snap.Series, o)
 	}
+	if err := t.machine.ObserveOverflow(o.Total); err != nil {
+		return err
+	}
 	// The sums are read after the counts: the program adds to a bucket
 	// first, so every counted sample is in its sum (a sample landing in
-	// between may be in the sum a read early).
+	// between may be in the sum a read early). A retired series' final
+	// sum was read with its counts, before its row was cleared.
 	if err := t.readSums(snap.Series); err != nil {
 		return err
 	}
 	for i := range snap.Series {
-		snap.Series[i].Sum = t.slotSums[snap.Series[i].Slot]
+		if s := &snap.Series[i]; !s.Retired {
+			s.Sum = t.slotSums[s.Slot] + t.sumCarry[s.Slot]
+		}
 	}
 	var err error
 	snap.Stats, err = t.readStats()
-	snap.Stats.Expired = t.expired
+	snap.Stats.Expired = t.machine.Expired()
 	return err
-}
-
-// activity is what Read remembers of a series row to detect idleness.
-type activity struct {
-	generation uint32
-	count      uint64
-	since      time.Time // last time count changed
-}
-
-// retired is a row taken from its series at the previous Read.
-type retired struct {
-	key        kmaps.Key
-	slot       uint32
-	generation uint32 // the series' generation, before the bump
-	count      uint64 // at the last Read
-}
-
-// trackActivity notes whether s changed and retires it once idle.
-func (t *Tracer) trackActivity(s *kmaps.Series, now time.Time) error {
-	count := s.Total
-	a := &t.activity[s.Slot]
-	if a.since.IsZero() || a.generation != s.Generation || a.count != count {
-		*a = activity{generation: s.Generation, count: count, since: now}
-		return nil
-	}
-	if t.spec.IdleTimeout <= 0 || now.Sub(a.since) < t.spec.IdleTimeout {
-		return nil
-	}
-	if err := t.index.Delete(s.Key); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-		return fmt.Errorf("expire idle series: %w", err)
-	}
-	t.storeWord(s.Slot, kmaps.RowGeneration, uint64(s.Generation+1))
-	*a = activity{}
-	t.retiring = append(t.retiring, retired{key: s.Key, slot: s.Slot, generation: s.Generation, count: count})
-	return nil
-}
-
-// freeRetired reads the rows retired at the previous Read a last time,
-// reports those that changed since, zeroes them and returns their slots
-// to the free queue.
-func (t *Tracer) freeRetired(snap *kmaps.Snapshot, packed *[]uint64) error {
-	for _, r := range t.retiring {
-		s := kmaps.Series{Key: r.key, Slot: r.slot, Retired: true}
-		if err := t.readSeries(&s, packed); err != nil {
-			return err
-		}
-		s.Generation = r.generation
-		if s.Total != r.count {
-			snap.Series = append(snap.Series, s)
-		}
-		t.expired += s.Total
-		for w := uint32(kmaps.RowZero); w < t.layout.Stride(); w++ {
-			t.storeWord(r.slot, w, 0)
-		}
-		if err := t.sums.Put(r.slot, make([]uint64, t.ncpu)); err != nil {
-			return fmt.Errorf("clear expired series sum: %w", err)
-		}
-		if err := t.free.Update(nil, r.slot, ebpf.UpdateAny); err != nil {
-			return fmt.Errorf("free expired series slot: %w", err)
-		}
-	}
-	if len(t.retiring) > 0 {
-		// Sockets cached as overflow see the new generation and look
-		// for one of the freed rows.
-		atomic.AddUint64(t.word(t.layout.OverflowSlot(), kmaps.RowGeneration), 1)
-	}
-	t.retiring = t.retiring[:0]
-	return nil
 }
 
 // readSeries decodes the row of s.Slot and appends its non-empty bucket
@@ -193,15 +137,12 @@ func (t *Tracer) loadRow(slot uint32, row []uint64) {
 // read with one batched lookup of the slots up to the highest in use (5.6+
 // kernels), and the overflow slot on its own.
 func (t *Tracer) readSums(series []kmaps.Series) error {
-	rows := int(t.layout.Rows())
 	if t.slotSums == nil {
-		t.sumKeys = make([]uint32, rows)
-		t.sumVals = make([]uint64, rows*t.ncpu)
-		t.slotSums = make([]uint64, rows)
+		t.allocSums()
 	}
 	n := 0
 	for i := range series {
-		if !series[i].Overflow {
+		if !series[i].Overflow && !series[i].Retired {
 			n = max(n, int(series[i].Slot)+1)
 		}
 	}
@@ -224,6 +165,15 @@ func (t *Tracer) readSums(series []kmaps.Series) error {
 		}
 	}
 	return t.lookupSum(t.layout.OverflowSlot())
+}
+
+// allocSums allocates the buffers of readSums on first use: one value
+// per row and CPU (kmaps.Layout.UserBytes counts them).
+func (t *Tracer) allocSums() {
+	rows := int(t.layout.Rows())
+	t.sumKeys = make([]uint32, rows)
+	t.sumVals = make([]uint64, rows*t.ncpu)
+	t.slotSums = make([]uint64, rows)
 }
 
 func (t *Tracer) lookupSum(slot uint32) error {
@@ -287,6 +237,14 @@ func (t *Tracer) iterateIndex() error {
 
 func (t *Tracer) readStats() (kmaps.Stats, error) {
 	var s kmaps.Stats
+	// Runs the kernel skipped because another program was running on the
+	// CPU (a softirq interrupting the hook, say): no sample could be taken.
+	// Counted on every kernel that has the field (5.12+), stats on or off.
+	ps, err := t.prog.Stats()
+	if err != nil {
+		return s, fmt.Errorf("read program stats: %w", err)
+	}
+	s.Missed = ps.RecursionMisses
 	var perCPU []uint64
 	for i, dst := range []*uint64{&s.Filtered, &s.Errors} {
 		if err := t.stats.Lookup(uint32(i), &perCPU); err != nil {
