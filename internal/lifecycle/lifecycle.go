@@ -96,6 +96,7 @@ type Machine struct {
 
 	expired          uint64 // samples of freed rows, so totals stay monotonic
 	lastOverflow     uint64 // overflow total at the previous read
+	overflowGrew     bool   // since overflowed sockets were last sent looking
 	pendingReresolve bool   // a release happened; overflow sockets not yet told
 
 	final kmaps.Series // scratch: a retired row's last reading
@@ -235,22 +236,21 @@ func (m *Machine) retire(r *retiredRow) error {
 
 // ObserveOverflow notes the overflow row's total at this read. Sockets
 // cached in the overflow row look again for a row when rows were freed,
-// and whenever the overflow row grew while a row is free: a slot can
-// return to the free queue without a release (the program pushes back a
-// slot it popped but could not use), and without expiry (idle_timeout 0)
-// nothing else would send those sockets looking.
+// and as soon as a row is free after the overflow row grew (since they
+// were last sent looking): a slot can return to the free queue without a
+// release (the program pushes back a slot it popped but could not use),
+// and without expiry (idle_timeout 0) nothing else would send them.
 func (m *Machine) ObserveOverflow(total uint64) error {
-	grew := total != m.lastOverflow
+	if total != m.lastOverflow {
+		m.overflowGrew = true
+	}
 	m.lastOverflow = total
-	if !grew {
-		return m.reresolveIfPending()
-	}
-	free, err := m.rows.HasFreeRow()
-	if err != nil {
-		return fmt.Errorf("peek free series rows: %w", err)
-	}
-	if free {
-		m.pendingReresolve = true
+	if m.overflowGrew && !m.pendingReresolve {
+		free, err := m.rows.HasFreeRow()
+		if err != nil {
+			return fmt.Errorf("peek free series rows: %w", err)
+		}
+		m.pendingReresolve = free
 	}
 	return m.reresolveIfPending()
 }
@@ -262,6 +262,6 @@ func (m *Machine) reresolveIfPending() error {
 	if err := m.rows.ReresolveOverflow(); err != nil {
 		return fmt.Errorf("send overflowed sockets to free rows: %w", err)
 	}
-	m.pendingReresolve = false
+	m.pendingReresolve, m.overflowGrew = false, false
 	return nil
 }

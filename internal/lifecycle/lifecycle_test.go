@@ -340,8 +340,8 @@ func TestRetireResumesAfterFailure(t *testing.T) {
 }
 
 // TestOverflowReresolvesWhenARowIsFree: sockets cached in the overflow
-// row look for a row again whenever the overflow grew while a row is
-// free — after a slot was pushed back by the program, and with expiry off
+// row look for a row again as soon as one is free after the overflow grew
+// — after a slot was pushed back by the program, and with expiry off
 // (idle_timeout 0), where nothing else would ever tell them.
 func TestOverflowReresolvesWhenARowIsFree(t *testing.T) {
 	r := newReader(t, 2, 0)
@@ -352,16 +352,19 @@ func TestOverflowReresolvesWhenARowIsFree(t *testing.T) {
 	assert.Zero(t, r.f.reresolved, "no free row: nothing to look for")
 
 	r.f.free = []uint32{1} // a slot pushed back after a lost insert race
-	require.NoError(t, r.m.ObserveOverflow(15))
+	require.NoError(t, r.m.ObserveOverflow(10))
 	assert.Equal(t, 1, r.f.reresolved, "overflowed sockets look for the free row")
 
-	require.NoError(t, r.m.ObserveOverflow(15))
-	assert.Equal(t, 1, r.f.reresolved, "overflow steady: nothing to do")
+	require.NoError(t, r.m.ObserveOverflow(10))
+	assert.Equal(t, 1, r.f.reresolved, "overflow steady since: nothing to do")
+
+	require.NoError(t, r.m.ObserveOverflow(12))
+	assert.Equal(t, 2, r.f.reresolved, "grew again while a row is free")
 
 	r.f.fail["ReresolveOverflow"] = 1
 	require.ErrorIs(t, r.m.ObserveOverflow(20), errInjected)
 	require.NoError(t, r.m.ObserveOverflow(20))
-	assert.Equal(t, 2, r.f.reresolved, "a failed re-resolution is retried")
+	assert.Equal(t, 3, r.f.reresolved, "a failed re-resolution is retried")
 }
 
 // TestReturningSeriesIsTrackedAfresh: a slot freed and taken by a new
