@@ -58,6 +58,7 @@ type accounting struct {
 	runs, misses       uint64
 	recorded, filtered uint64
 	overflowed, errors uint64
+	readMisses         uint64 // the misses as the receiver read them
 	series             int
 }
 
@@ -81,7 +82,7 @@ func readAccounting(t *testing.T, s *rttScraper) accounting {
 			continue
 		}
 		a := accounting{runs: after.RunCount, misses: after.RecursionMisses,
-			filtered: snap.Stats.Filtered, errors: snap.Stats.Errors}
+			filtered: snap.Stats.Filtered, errors: snap.Stats.Errors, readMisses: snap.Stats.Missed}
 		for i := range snap.Series {
 			n := snap.Series[i].Total
 			a.recorded += n
@@ -99,10 +100,12 @@ func readAccounting(t *testing.T, s *rttScraper) accounting {
 
 func checkIdentity(t *testing.T, a accounting) {
 	t.Helper()
-	t.Logf("runs %d = recorded %d (overflow %d, %d series) + filtered %d + errors %d; recursion misses %d",
-		a.runs, a.recorded, a.overflowed, a.series, a.filtered, a.errors, a.misses)
+	t.Logf("runs %d + missed %d = recorded %d (overflow %d, %d series) + filtered %d + errors %d + missed %d",
+		a.runs, a.misses, a.recorded, a.overflowed, a.series, a.filtered, a.errors, a.readMisses)
 	assert.Positive(t, a.runs)
-	assert.Equal(t, a.runs, a.recorded+a.filtered+a.errors, "every run of the program is accounted for")
+	assert.Equal(t, a.runs+a.misses, a.recorded+a.filtered+a.errors+a.readMisses,
+		"every segment the hook saw is accounted for: a run (recorded, filtered or an error) or a missed run")
+	assert.Equal(t, a.misses, a.readMisses, "the receiver reports the kernel's missed runs")
 	assert.Zero(t, a.errors, "no sample failed to be read or placed")
 }
 
@@ -481,6 +484,13 @@ func TestSelfTelemetry(t *testing.T) {
 	filtered := m.Data.(metricdata.Sum[int64]).DataPoints[0].Value
 	assert.Positive(t, filtered, "the ::1 sockets are filtered out")
 	assert.LessOrEqual(t, uint64(filtered), snap.Stats.Filtered)
+	metadatatest.AssertEqualTcprttSamplesErrors(t, tt, []metricdata.DataPoint[int64]{{Value: 0}}, ignore...)
+	m, err = tt.GetMetric("otelcol_tcprtt_runs_missed")
+	require.NoError(t, err)
+	missed := m.Data.(metricdata.Sum[int64]).DataPoints[0].Value
+	stats, err := s.tracer.Program().Stats()
+	require.NoError(t, err)
+	assert.LessOrEqual(t, uint64(missed), stats.RecursionMisses, "missed runs as the kernel counts them")
 	_, err = tt.GetMetric("otelcol_tcprtt_scrape_duration")
 	assert.NoError(t, err)
 }

@@ -88,10 +88,16 @@ const (
 	// maxSeriesLimit keeps the kernel's series index reasonable; the counts
 	// array is bounded separately by maxKernelBytes.
 	maxSeriesLimit = 1_000_000
-	// maxKernelBytes bounds the counts array (max_series+1 rows of
-	// 2 + buckets u64 words), so a typo cannot pin gigabytes of kernel memory.
+	// maxKernelBytes bounds the kernel memory that grows with max_series:
+	// the counts array (max_series+1 rows of 2 + buckets u64 words) plus
+	// the per-CPU sums (max_series+1 u64 per possible CPU), so a typo
+	// cannot pin gigabytes of kernel memory.
 	maxKernelBytes = 1 << 30
 )
+
+// possibleCPUs is the number of CPUs the per-CPU sums are sized for (a
+// variable so tests can ask what a 128-CPU host would need).
+var possibleCPUs = loader.PossibleCPUs
 
 func createDefaultConfig() *Config {
 	cc := scraperhelper.NewDefaultControllerConfig()
@@ -188,8 +194,9 @@ func (c *Config) Validate() error {
 		bad("max_series", "%d is out of range 1..%d", c.MaxSeries, maxSeriesLimit)
 	} else if scaleOK && unitOK {
 		if bytes := c.kernelBytes(); bytes > maxKernelBytes {
-			bad("max_series", "%d at scale %d needs %d MiB of kernel memory for counts, more than the %d MiB limit; "+
-				"lower max_series or scale", c.MaxSeries, c.Scale, bytes>>20, maxKernelBytes>>20)
+			bad("max_series", "%d at scale %d needs %d MiB of kernel memory for counts and per-CPU sums "+
+				"(%d possible CPUs), more than the %d MiB limit; lower max_series or scale",
+				c.MaxSeries, c.Scale, bytes>>20, possibleCPUs(), maxKernelBytes>>20)
 		}
 	}
 	if c.IdleTimeout < 0 {
@@ -204,14 +211,15 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// kernelBytes is the size of the counts array for c (scale and unit valid).
+// kernelBytes is the size of the counts array and the per-CPU sums for c
+// (scale and unit valid).
 func (c *Config) kernelBytes() uint64 {
 	t, err := bucket.NewTable(c.Scale, bucket.Unit(c.Unit))
 	if err != nil {
 		return 0
 	}
 	l := kmaps.Layout{NumBuckets: t.NumBuckets, MaxSeries: uint32(c.MaxSeries)}
-	return l.Entries() * 8
+	return l.CountBytes() + l.SumBytes(possibleCPUs())
 }
 
 func joinModes() string {

@@ -440,10 +440,11 @@ func TestLoaderSpecDefaults(t *testing.T) {
 }
 
 func TestKernelBytesLimit(t *testing.T) {
-	// The limit is on max_series+1 rows of RowBuckets+NumBuckets u64 words.
+	// The limit is on max_series+1 rows of RowBuckets+NumBuckets u64 words
+	// plus one u64 sum per row and possible CPU.
 	table, err := bucket.NewTable(8, bucket.Seconds)
 	require.NoError(t, err)
-	stride := uint64(kmaps.RowBuckets + table.NumBuckets)
+	stride := uint64(kmaps.RowBuckets+table.NumBuckets) + uint64(possibleCPUs())
 	// The largest max_series that fits in maxKernelBytes at scale 8.
 	largest := int(maxKernelBytes/(8*stride)) - 1
 	require.Greater(t, largest, 0)
@@ -459,6 +460,24 @@ func TestKernelBytesLimit(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "max_series")
 	assert.Greater(t, c.kernelBytes(), uint64(maxKernelBytes))
+}
+
+// TestKernelBytesCountPerCPUSums: the per-CPU sums count toward the
+// bound. On a 128-CPU host, max_series 1,000,000 at scale 0 needs 280 MB
+// of counts but another 1 GB of sums; it used to pass validation.
+func TestKernelBytesCountPerCPUSums(t *testing.T) {
+	defer func(f func() int) { possibleCPUs = f }(possibleCPUs)
+	c := createDefaultConfig()
+	c.Scale, c.MaxSeries = 0, maxSeriesLimit
+
+	possibleCPUs = func() int { return 2 }
+	assert.NoError(t, c.Validate(), "2 CPUs: counts and sums fit")
+
+	possibleCPUs = func() int { return 128 }
+	err := c.Validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "max_series: 1000000 at scale 0 needs")
+	assert.Contains(t, err.Error(), "128 possible CPUs")
 }
 
 // TestUnmarshalRejectsBentValues: values the generic decoding would

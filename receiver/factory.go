@@ -10,6 +10,7 @@ import (
 
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
+	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/collector/scraper"
 	"go.opentelemetry.io/collector/scraper/scraperhelper"
@@ -41,6 +42,22 @@ func createMetrics(
 	if err != nil {
 		return nil, err
 	}
-	return scraperhelper.NewMetricsController(&c.ControllerConfig, set, next,
+	return scraperhelper.NewMetricsController(&c.ControllerConfig, set, dropEmpty(next),
 		scraperhelper.AddMetricsScraper(metadata.Type, sc))
+}
+
+// dropEmpty passes on only batches with data: the scraper controller calls
+// the next consumer after every collection, and a quiet interval (common
+// in delta) would otherwise send an empty request to every exporter.
+func dropEmpty(next consumer.Metrics) consumer.Metrics {
+	return emptyDropper{next}
+}
+
+type emptyDropper struct{ consumer.Metrics }
+
+func (d emptyDropper) ConsumeMetrics(ctx context.Context, md pmetric.Metrics) error {
+	if md.ResourceMetrics().Len() == 0 {
+		return nil
+	}
+	return d.Metrics.ConsumeMetrics(ctx, md)
 }

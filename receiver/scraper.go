@@ -42,6 +42,7 @@ type rttScraper struct {
 // scrapeTotals are the kernel's cumulative counters at the last scrape.
 type scrapeTotals struct {
 	recorded, overflowed, filtered uint64
+	errors, missed                 uint64
 	series                         int
 }
 
@@ -103,6 +104,8 @@ func (s *rttScraper) startTelemetry() error {
 		tb.RegisterTcprttSamplesRecordedCallback(counter(func(t scrapeTotals) uint64 { return t.recorded })),
 		tb.RegisterTcprttSamplesOverflowedCallback(counter(func(t scrapeTotals) uint64 { return t.overflowed })),
 		tb.RegisterTcprttSamplesFilteredCallback(counter(func(t scrapeTotals) uint64 { return t.filtered })),
+		tb.RegisterTcprttSamplesErrorsCallback(counter(func(t scrapeTotals) uint64 { return t.errors })),
+		tb.RegisterTcprttRunsMissedCallback(counter(func(t scrapeTotals) uint64 { return t.missed })),
 		tb.RegisterTcprttSeriesCallback(counter(func(t scrapeTotals) uint64 { return uint64(t.series) })),
 	)
 }
@@ -114,14 +117,24 @@ func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	}
 	now := time.Now()
 	md := pmetric.NewMetrics()
-	sm := md.ResourceMetrics().AppendEmpty().ScopeMetrics().AppendEmpty()
+	rm := md.ResourceMetrics().AppendEmpty()
+	sm := rm.ScopeMetrics().AppendEmpty()
 	sm.Scope().SetName(metadata.ScopeName)
 	sm.Scope().SetVersion(s.settings.BuildInfo.Version)
 	s.converter.Append(&s.snap, now, sm.Metrics())
+	if sm.Metrics().Len() == 0 {
+		// Nothing to say (no traffic, or none new in delta): no empty
+		// resource or scope either. dropEmpty keeps the batch itself
+		// from reaching the pipeline.
+		md = pmetric.NewMetrics()
+	}
 
 	// Expired series' final counts are in Stats.Expired, so the totals
 	// stay monotonic when series come and go.
-	totals := scrapeTotals{filtered: s.snap.Stats.Filtered, recorded: s.snap.Stats.Expired}
+	totals := scrapeTotals{
+		filtered: s.snap.Stats.Filtered, recorded: s.snap.Stats.Expired,
+		errors: s.snap.Stats.Errors, missed: s.snap.Stats.Missed,
+	}
 	for i := range s.snap.Series {
 		series := &s.snap.Series[i]
 		switch {

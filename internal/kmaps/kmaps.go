@@ -145,6 +145,14 @@ func (l Layout) Entries() uint64 {
 	return (uint64(l.MaxSeries) + 1) * (uint64(l.NumBuckets) + RowBuckets)
 }
 
+// SumBytes is the size of the per-CPU sums array on ncpu possible CPUs
+// (one u64 per row and CPU), and as much again in user space, where a
+// read copies it.
+func (l Layout) SumBytes(ncpu int) uint64 { return uint64(l.Rows()) * uint64(ncpu) * 8 }
+
+// CountBytes is the size of the counts array.
+func (l Layout) CountBytes() uint64 { return l.Entries() * 8 }
+
 // OverflowSlot is the row of the overflow series.
 func (l Layout) OverflowSlot() uint32 { return l.MaxSeries }
 

@@ -4,6 +4,7 @@ package loader
 
 import (
 	"errors"
+	"runtime"
 	"time"
 
 	"github.com/tcprtt/tcprtt/internal/kmaps"
@@ -25,3 +26,6 @@ func (*Tracer) AttachedAt() time.Time                 { return time.Time{} }
 func (*Tracer) Layout() kmaps.Layout                  { return kmaps.Layout{} }
 func (*Tracer) Read(*kmaps.Snapshot, *[]uint64) error { return ErrNotLinux }
 func (*Tracer) Close() error                          { return nil }
+
+// PossibleCPUs is the number of CPUs per-CPU maps would be sized for.
+func PossibleCPUs() int { return runtime.NumCPU() }

@@ -29,6 +29,8 @@ type TelemetryBuilder struct {
 	mu                      sync.Mutex
 	registrations           []metric.Registration
 	TcprttAttachMode        metric.Int64ObservableGauge
+	TcprttRunsMissed        metric.Int64ObservableCounter
+	TcprttSamplesErrors     metric.Int64ObservableCounter
 	TcprttSamplesFiltered   metric.Int64ObservableCounter
 	TcprttSamplesOverflowed metric.Int64ObservableCounter
 	TcprttSamplesRecorded   metric.Int64ObservableCounter
@@ -53,6 +55,36 @@ func (builder *TelemetryBuilder) RegisterTcprttAttachModeCallback(cb metric.Int6
 		cb(ctx, &observerInt64{inst: builder.TcprttAttachMode, obs: o})
 		return nil
 	}, builder.TcprttAttachMode)
+	if err != nil {
+		return err
+	}
+	builder.mu.Lock()
+	defer builder.mu.Unlock()
+	builder.registrations = append(builder.registrations, reg)
+	return nil
+}
+
+// RegisterTcprttRunsMissedCallback sets callback for observable TcprttRunsMissed metric.
+func (builder *TelemetryBuilder) RegisterTcprttRunsMissedCallback(cb metric.Int64Callback) error {
+	reg, err := builder.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		cb(ctx, &observerInt64{inst: builder.TcprttRunsMissed, obs: o})
+		return nil
+	}, builder.TcprttRunsMissed)
+	if err != nil {
+		return err
+	}
+	builder.mu.Lock()
+	defer builder.mu.Unlock()
+	builder.registrations = append(builder.registrations, reg)
+	return nil
+}
+
+// RegisterTcprttSamplesErrorsCallback sets callback for observable TcprttSamplesErrors metric.
+func (builder *TelemetryBuilder) RegisterTcprttSamplesErrorsCallback(cb metric.Int64Callback) error {
+	reg, err := builder.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		cb(ctx, &observerInt64{inst: builder.TcprttSamplesErrors, obs: o})
+		return nil
+	}, builder.TcprttSamplesErrors)
 	if err != nil {
 		return err
 	}
@@ -154,6 +186,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_tcprtt_attach_mode",
 		metric.WithDescription("Attach flavour of the BPF program in use: always 1, with the flavour in the `attach_mode` attribute. Reported while the receiver is started. [Alpha]"),
 		metric.WithUnit("1"),
+	)
+	errs = errors.Join(errs, err)
+	builder.TcprttRunsMissed, err = builder.meter.Int64ObservableCounter(
+		"otelcol_tcprtt_runs_missed",
+		metric.WithDescription("Segments on which the kernel skipped the BPF program because another BPF program was running on that CPU (the program's recursion_misses, Linux 5.12+): no sample could be taken. Expected to stay near 0. [Alpha]"),
+		metric.WithUnit("{run}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.TcprttSamplesErrors, err = builder.meter.Int64ObservableCounter(
+		"otelcol_tcprtt_samples_errors",
+		metric.WithDescription("Runs of the BPF program that could not read the socket or place the sample (cumulative kernel counter; expected 0). [Alpha]"),
+		metric.WithUnit("{sample}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.TcprttSamplesFiltered, err = builder.meter.Int64ObservableCounter(
