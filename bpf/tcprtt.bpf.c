@@ -7,19 +7,25 @@
 // OpenTelemetry exponential-histogram bucket of the socket's series.
 //
 // Layout of the kernel state (all sized by user space before load):
-//   series_index  hash   series key (masked 4-tuple) -> {slot, generation}
+//   series_index  hash   series key (masked 4-tuple) -> slot
 //   free_slots    queue  slots not yet given to a series
-//   counts        array  one row of u64 per slot: [generation, zero count,
+//   counts        array  one row of u64 per slot: [unused, zero count,
 //                        bucket 0, bucket 1, ...]; the last row
 //                        (slot == cfg_max_series) is the overflow series
-//   sums          percpu array  per slot, the sum of raw srtt: per CPU, so
-//                        the hot path has one shared cache line to bounce
-//                        (the bucket's), not two
-//   sk_series     sk_storage  per-socket cache of the slot (or "filtered"),
-//                        so the per-segment path does no hashing at all
+//   cpu_sums      array  per CPU and slot, the sum of raw srtt: each CPU
+//                        adds to its own cache line, without atomics
+//   sk_cache      array  per CPU, a direct-mapped cache from a socket's
+//                        4-tuple (indexed by the kernel's own hash of it,
+//                        skc_hash) to its slot, or "filtered": the common
+//                        path does no hashing and no map helper call
+//   cache_epoch   array  one word; an entry is valid only if written at
+//                        the current epoch, which user space bumps to send
+//                        every socket to resolve again (series expired,
+//                        rows freed)
 //   stats         percpu array  samples filtered out, samples not placed
 // Counts are only ever added to; user space computes deltas, so nothing is
-// lost between reads.
+// lost between reads. The three arrays user space reads or writes while
+// the program runs are mmapped.
 
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -47,6 +53,9 @@ struct sock_common {
 			__be32 skc_daddr;
 			__be32 skc_rcv_saddr;
 		};
+	};
+	union {
+		unsigned int skc_hash; // of the 4-tuple, set while the socket is hashed
 	};
 	union {
 		struct {
@@ -85,7 +94,7 @@ struct trace_event_raw_tcp_probe {
 #define FILTER_REMOTE_ADDR (1 << 3)
 
 // Row layout of the counts array.
-#define ROW_GENERATION 0
+#define ROW_UNUSED 0
 #define ROW_ZERO 1
 #define ROW_BUCKETS 2
 
@@ -110,6 +119,8 @@ const volatile __u32 cfg_family = 0; // 4 or 6: only that family; 0: both
 const volatile __u32 cfg_scale = 3;
 const volatile __u32 cfg_stride = 0;
 const volatile __u32 cfg_max_series = 0;
+const volatile __u32 cfg_cache_entries = 1024; // per CPU, a power of two (kmaps.CacheEntriesPerCPU)
+const volatile __u32 cfg_sum_stride = 0; // cpu_sums words per CPU (rows, rounded up to a cache line)
 const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
 
 struct series_key {
@@ -119,11 +130,23 @@ struct series_key {
 	__u16 remote_port;
 	__u8 family;          // 4, 6, or 0 when nothing is grouped
 	__u8 pad[3];
-};
+} __attribute__((aligned(8))); // compared as five u64 words
 
 struct series_ref {
 	__u32 slot;
-	__u32 generation;
+	__u32 unused; // was a generation; kept so the index value stays 8 bytes
+};
+
+// One entry of the per-CPU socket cache, one cache line: the socket's
+// full 4-tuple as read from it (so a socket whose memory was reused by
+// another connection never matches the old one's entry), the epoch it
+// was written at, and its slot.
+
+struct cache_entry {
+	struct series_key tuple;
+	__u32 epoch;
+	__u32 slot;
+	__u64 pad[2];
 };
 
 // Address filter key: one trie for both directions, the direction byte
@@ -156,18 +179,28 @@ struct {
 } counts SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1); // set by the loader
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // user space sums the CPUs in place
+	__uint(max_entries, 1); // set by the loader: CPUs x cfg_sum_stride
 	__type(key, __u32);
 	__type(value, __u64);
-} sums SEC(".maps");
+} cpu_sums SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct series_ref);
-} sk_series SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // page-aligned: one entry, one cache line
+	__uint(max_entries, 1); // set by the loader: CPUs x cfg_cache_entries
+	__type(key, __u32);
+	__type(value, struct cache_entry);
+} sk_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // user space bumps it in place
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cache_epoch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -242,51 +275,21 @@ static __always_inline __u64 *row_word(__u32 slot, __u32 word)
 	return bpf_map_lookup_elem(&counts, &i);
 }
 
-// count_in_row adds one sample of raw to the row of slot.
-static __always_inline bool count_in_row(__u32 slot, __u32 raw)
+// count_in_row adds one sample of raw to the row of slot, counted by cpu.
+static __always_inline bool count_in_row(__u32 slot, __u32 raw, __u32 cpu)
 {
+	__u32 word = ROW_ZERO, sum_word = cpu * cfg_sum_stride + slot;
 	__u64 *bucket, *sum;
-	__u32 word = ROW_ZERO;
 
 	if (raw)
 		word = ROW_BUCKETS + bucket_position(raw);
 	bucket = row_word(slot, word);
-	sum = bpf_map_lookup_elem(&sums, &slot);
+	sum = bpf_map_lookup_elem(&cpu_sums, &sum_word);
 	if (!bucket || !sum)
 		return false;
 	__sync_fetch_and_add(bucket, 1);
-	*sum += raw; // this CPU's: no atomic needed
+	*sum += raw; // this CPU's line: no atomic needed
 	return true;
-}
-
-// add_sample counts raw into the row of ref; false if the row was
-// recycled since ref was taken (the caller then resolves again). For the
-// overflow row the generation is bumped whenever rows are freed, so that
-// sockets cached as overflow look for a free row again.
-static __always_inline bool add_sample(struct series_ref *ref, __u32 raw)
-{
-	__u64 *generation = row_word(ref->slot, ROW_GENERATION);
-
-	if (!generation || (__u32)*generation != ref->generation)
-		return false;
-	return count_in_row(ref->slot, raw);
-}
-
-// overflow_ref is the overflow series as of now.
-static __always_inline struct series_ref overflow_ref(void)
-{
-	struct series_ref ref = { .slot = cfg_max_series };
-	__u64 *generation = row_word(cfg_max_series, ROW_GENERATION);
-
-	if (generation)
-		ref.generation = (__u32)*generation;
-	return ref;
-}
-
-static __always_inline void add_to_overflow(__u32 raw)
-{
-	if (!count_in_row(cfg_max_series, raw))
-		count_stat(STAT_ERRORS);
 }
 
 // bpf_rdonly_cast (Linux 6.2+) turns a socket pointer into a BTF pointer
@@ -379,6 +382,21 @@ static __always_inline bool read_tuple(struct sock *sk, const bool btf, struct s
 	return READ_TUPLE(sk, key, PROBE, PROBE_ADDR);
 }
 
+// read_hash reads the kernel's hash of the socket's 4-tuple, which its
+// established-socket lookup just used (so the line is hot): the index of
+// the socket's cache entry, at no hashing cost.
+static __always_inline __u32 read_hash(struct sock *sk, const bool btf)
+{
+	if (btf)
+		return sk->__sk_common.skc_hash;
+	if (HAVE_RDONLY_CAST) {
+		struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
+
+		return s->__sk_common.skc_hash;
+	}
+	return BPF_CORE_READ(sk, __sk_common.skc_hash);
+}
+
 static __always_inline bool port_allowed(__u32 direction, __u16 port)
 {
 	__u32 word = direction * 1024 + (port >> 6);
@@ -426,89 +444,94 @@ static __always_inline void mask_tuple(struct series_key *k)
 		k->family = 0;
 }
 
-// lookup_series returns the series of key, giving it a free slot on first
+// lookup_series returns the slot of key, giving it a free slot on first
 // sight. With no slot left the sample belongs to the overflow series,
 // which is not remembered in the index, so a slot freed later can still
-// be taken.
-static __always_inline struct series_ref lookup_series(struct series_key *key)
+// be taken (user space bumps the cache epoch when one is).
+static __always_inline __u32 lookup_series(struct series_key *key)
 {
-	struct series_ref ref, *found;
-	__u64 *generation;
+	struct series_ref ref = {}, *found;
 	__u32 slot;
 
 	found = bpf_map_lookup_elem(&series_index, key);
 	if (found)
-		return *found;
+		return found->slot;
 	if (bpf_map_pop_elem(&free_slots, &slot))
-		return overflow_ref();
-	generation = row_word(slot, ROW_GENERATION);
-	if (!generation) {
-		bpf_map_push_elem(&free_slots, &slot, 0);
-		return overflow_ref();
-	}
+		return cfg_max_series;
 	ref.slot = slot;
-	ref.generation = (__u32)*generation;
 	if (bpf_map_update_elem(&series_index, key, &ref, BPF_NOEXIST)) {
-		// Another CPU inserted the same key first: use its slot.
+		// Another CPU inserted the same key first: use its slot. User
+		// space sees the overflow grow while a slot is free and sends
+		// sockets cached in the overflow row looking again.
 		bpf_map_push_elem(&free_slots, &slot, 0);
 		found = bpf_map_lookup_elem(&series_index, key);
-		return found ? *found : overflow_ref();
+		return found ? found->slot : cfg_max_series;
 	}
-	return ref;
+	return slot;
 }
 
-// record handles one segment. With cache (BTF-typed socket pointers:
-// fentry, tp_btf) the socket's series lives in sk_storage and the common
-// path is one storage lookup, one atomic add to the bucket and one add to
-// this CPU's sum.
-static __always_inline int record(struct sock *sk, const bool cache)
+// resolve decides the slot of a socket with this tuple: filtered, or its
+// series' row.
+static __always_inline __u32 resolve(const struct series_key *tuple)
 {
-	struct series_ref *cached = NULL, ref;
-	struct series_key key = {};
-	__u32 raw;
+	struct series_key key = *tuple;
 
-	if (!sk || !read_srtt(sk, cache, &raw)) {
+	if (!tuple_allowed(&key))
+		return SLOT_FILTERED;
+	mask_tuple(&key);
+	return lookup_series(&key);
+}
+
+static __always_inline bool same_tuple(const struct series_key *a, const struct series_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+}
+
+// record handles one segment: the socket's slot comes from this CPU's
+// cache entry for its tuple when that is current, and is resolved (filters,
+// then the series index) and cached otherwise.
+static __always_inline int record(struct sock *sk, const bool btf)
+{
+	struct series_key tuple = {};
+	struct cache_entry *entry;
+	__u32 raw, slot, index, cpu, zero = 0;
+	__u64 *epoch;
+
+	if (!sk || !read_srtt(sk, btf, &raw) || !read_tuple(sk, btf, &tuple)) {
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
-
-	if (cache) {
-		cached = bpf_sk_storage_get(&sk_series, sk, 0, 0);
-		if (cached) {
-			if (cached->slot == SLOT_FILTERED) {
-				count_stat(STAT_FILTERED);
-				return 0;
-			}
-			if (add_sample(cached, raw))
-				return 0;
-		}
-	}
-
-	if (!read_tuple(sk, cache, &key)) {
+	// The epoch is read before the slot is resolved: an entry resolved
+	// from an index that user space changed since is written with the
+	// old epoch, so it is already stale.
+	epoch = bpf_map_lookup_elem(&cache_epoch, &zero);
+	if (!epoch) {
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
-	if (!tuple_allowed(&key)) {
-		if (cache) {
-			struct series_ref filtered = { .slot = SLOT_FILTERED };
+	cpu = bpf_get_smp_processor_id();
+	index = cpu * cfg_cache_entries + (read_hash(sk, btf) & (cfg_cache_entries - 1));
+	entry = bpf_map_lookup_elem(&sk_cache, &index);
+	if (entry && entry->epoch == (__u32)*epoch && same_tuple(&entry->tuple, &tuple)) {
+		slot = entry->slot;
+	} else {
+		__u32 now = (__u32)*epoch;
 
-			bpf_sk_storage_get(&sk_series, sk, &filtered, BPF_SK_STORAGE_GET_F_CREATE);
+		slot = resolve(&tuple);
+		if (entry) {
+			entry->tuple = tuple;
+			entry->slot = slot;
+			entry->epoch = now;
 		}
+	}
+	if (slot == SLOT_FILTERED) {
 		count_stat(STAT_FILTERED);
 		return 0;
 	}
-	mask_tuple(&key);
-	ref = lookup_series(&key);
-
-	if (cache) {
-		if (cached) {
-			*cached = ref;
-		} else {
-			bpf_sk_storage_get(&sk_series, sk, &ref, BPF_SK_STORAGE_GET_F_CREATE);
-		}
-	}
-	if (!add_sample(&ref, raw))
-		add_to_overflow(raw);
+	if (!count_in_row(slot, raw, cpu))
+		count_stat(STAT_ERRORS);
 	return 0;
 }
 

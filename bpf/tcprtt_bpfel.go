@@ -27,6 +27,14 @@ type TcprttBucketEntry struct {
 	Threshold uint32
 }
 
+type TcprttCacheEntry struct {
+	_     structs.HostLayout
+	Tuple TcprttSeriesKey
+	Epoch uint32
+	Slot  uint32
+	Pad   [2]uint64
+}
+
 type TcprttSelftestValues struct {
 	_ structs.HostLayout
 	V [1024]uint32
@@ -43,9 +51,9 @@ type TcprttSeriesKey struct {
 }
 
 type TcprttSeriesRef struct {
-	_          structs.HostLayout
-	Slot       uint32
-	Generation uint32
+	_      structs.HostLayout
+	Slot   uint32
+	Unused uint32
 }
 
 // Names of all BPF objects in the ELF.
@@ -53,14 +61,15 @@ type TcprttSeriesRef struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcprttMapAddrFilter        = "addr_filter"
+	TcprttMapCacheEpoch        = "cache_epoch"
 	TcprttMapCounts            = "counts"
+	TcprttMapCpuSums           = "cpu_sums"
 	TcprttMapFreeSlots         = "free_slots"
 	TcprttMapPortFilter        = "port_filter"
 	TcprttMapSelftest          = "selftest"
 	TcprttMapSeriesIndex       = "series_index"
-	TcprttMapSkSeries          = "sk_series"
+	TcprttMapSkCache           = "sk_cache"
 	TcprttMapStats             = "stats"
-	TcprttMapSums              = "sums"
 	TcprttProgBenchEmpty       = "bench_empty"
 	TcprttProgBucketSelftest   = "bucket_selftest"
 	TcprttProgTcprttFentry     = "tcprtt_fentry"
@@ -68,6 +77,7 @@ const (
 	TcprttProgTcprttTpBtf      = "tcprtt_tp_btf"
 	TcprttProgTcprttTracepoint = "tcprtt_tracepoint"
 	TcprttVarCfgBuckets        = "cfg_buckets"
+	TcprttVarCfgCacheEntries   = "cfg_cache_entries"
 	TcprttVarCfgFamily         = "cfg_family"
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
@@ -75,6 +85,7 @@ const (
 	TcprttVarCfgRdonlyCast     = "cfg_rdonly_cast"
 	TcprttVarCfgScale          = "cfg_scale"
 	TcprttVarCfgStride         = "cfg_stride"
+	TcprttVarCfgSumStride      = "cfg_sum_stride"
 )
 
 // LoadTcprtt returns the embedded CollectionSpec for Tcprtt.
@@ -132,28 +143,31 @@ type TcprttProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttMapSpecs struct {
 	AddrFilter  *ebpf.MapSpec `ebpf:"addr_filter"`
+	CacheEpoch  *ebpf.MapSpec `ebpf:"cache_epoch"`
 	Counts      *ebpf.MapSpec `ebpf:"counts"`
+	CpuSums     *ebpf.MapSpec `ebpf:"cpu_sums"`
 	FreeSlots   *ebpf.MapSpec `ebpf:"free_slots"`
 	PortFilter  *ebpf.MapSpec `ebpf:"port_filter"`
 	Selftest    *ebpf.MapSpec `ebpf:"selftest"`
 	SeriesIndex *ebpf.MapSpec `ebpf:"series_index"`
-	SkSeries    *ebpf.MapSpec `ebpf:"sk_series"`
+	SkCache     *ebpf.MapSpec `ebpf:"sk_cache"`
 	Stats       *ebpf.MapSpec `ebpf:"stats"`
-	Sums        *ebpf.MapSpec `ebpf:"sums"`
 }
 
 // TcprttVariableSpecs contains global variables before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttVariableSpecs struct {
-	CfgBuckets    *ebpf.VariableSpec `ebpf:"cfg_buckets"`
-	CfgFamily     *ebpf.VariableSpec `ebpf:"cfg_family"`
-	CfgFilters    *ebpf.VariableSpec `ebpf:"cfg_filters"`
-	CfgGroupBy    *ebpf.VariableSpec `ebpf:"cfg_group_by"`
-	CfgMaxSeries  *ebpf.VariableSpec `ebpf:"cfg_max_series"`
-	CfgRdonlyCast *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
-	CfgScale      *ebpf.VariableSpec `ebpf:"cfg_scale"`
-	CfgStride     *ebpf.VariableSpec `ebpf:"cfg_stride"`
+	CfgBuckets      *ebpf.VariableSpec `ebpf:"cfg_buckets"`
+	CfgCacheEntries *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
+	CfgFamily       *ebpf.VariableSpec `ebpf:"cfg_family"`
+	CfgFilters      *ebpf.VariableSpec `ebpf:"cfg_filters"`
+	CfgGroupBy      *ebpf.VariableSpec `ebpf:"cfg_group_by"`
+	CfgMaxSeries    *ebpf.VariableSpec `ebpf:"cfg_max_series"`
+	CfgRdonlyCast   *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
+	CfgScale        *ebpf.VariableSpec `ebpf:"cfg_scale"`
+	CfgStride       *ebpf.VariableSpec `ebpf:"cfg_stride"`
+	CfgSumStride    *ebpf.VariableSpec `ebpf:"cfg_sum_stride"`
 }
 
 // TcprttObjects contains all objects after they have been loaded into the kernel.
@@ -177,27 +191,29 @@ func (o *TcprttObjects) Close() error {
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttMaps struct {
 	AddrFilter  *ebpf.Map `ebpf:"addr_filter"`
+	CacheEpoch  *ebpf.Map `ebpf:"cache_epoch"`
 	Counts      *ebpf.Map `ebpf:"counts"`
+	CpuSums     *ebpf.Map `ebpf:"cpu_sums"`
 	FreeSlots   *ebpf.Map `ebpf:"free_slots"`
 	PortFilter  *ebpf.Map `ebpf:"port_filter"`
 	Selftest    *ebpf.Map `ebpf:"selftest"`
 	SeriesIndex *ebpf.Map `ebpf:"series_index"`
-	SkSeries    *ebpf.Map `ebpf:"sk_series"`
+	SkCache     *ebpf.Map `ebpf:"sk_cache"`
 	Stats       *ebpf.Map `ebpf:"stats"`
-	Sums        *ebpf.Map `ebpf:"sums"`
 }
 
 func (m *TcprttMaps) Close() error {
 	return _TcprttClose(
 		m.AddrFilter,
+		m.CacheEpoch,
 		m.Counts,
+		m.CpuSums,
 		m.FreeSlots,
 		m.PortFilter,
 		m.Selftest,
 		m.SeriesIndex,
-		m.SkSeries,
+		m.SkCache,
 		m.Stats,
-		m.Sums,
 	)
 }
 
@@ -205,14 +221,16 @@ func (m *TcprttMaps) Close() error {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttVariables struct {
-	CfgBuckets    *ebpf.Variable `ebpf:"cfg_buckets"`
-	CfgFamily     *ebpf.Variable `ebpf:"cfg_family"`
-	CfgFilters    *ebpf.Variable `ebpf:"cfg_filters"`
-	CfgGroupBy    *ebpf.Variable `ebpf:"cfg_group_by"`
-	CfgMaxSeries  *ebpf.Variable `ebpf:"cfg_max_series"`
-	CfgRdonlyCast *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
-	CfgScale      *ebpf.Variable `ebpf:"cfg_scale"`
-	CfgStride     *ebpf.Variable `ebpf:"cfg_stride"`
+	CfgBuckets      *ebpf.Variable `ebpf:"cfg_buckets"`
+	CfgCacheEntries *ebpf.Variable `ebpf:"cfg_cache_entries"`
+	CfgFamily       *ebpf.Variable `ebpf:"cfg_family"`
+	CfgFilters      *ebpf.Variable `ebpf:"cfg_filters"`
+	CfgGroupBy      *ebpf.Variable `ebpf:"cfg_group_by"`
+	CfgMaxSeries    *ebpf.Variable `ebpf:"cfg_max_series"`
+	CfgRdonlyCast   *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
+	CfgScale        *ebpf.Variable `ebpf:"cfg_scale"`
+	CfgStride       *ebpf.Variable `ebpf:"cfg_stride"`
+	CfgSumStride    *ebpf.Variable `ebpf:"cfg_sum_stride"`
 }
 
 // TcprttPrograms contains all programs after they have been loaded into the kernel.

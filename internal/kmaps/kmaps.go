@@ -90,11 +90,10 @@ func (k Key) NetworkType() string {
 	return ""
 }
 
-// Ref is struct series_ref: the counts row of a series and the row's
-// generation when the series took it.
+// Ref is struct series_ref: the counts row of a series.
 type Ref struct {
-	Slot       uint32
-	Generation uint32
+	Slot   uint32
+	Unused uint32 // always 0; keeps the index value 8 bytes
 }
 
 // AddrFilterKey is struct addr_filter_key, the LPM trie key of the address
@@ -120,13 +119,22 @@ func NewAddrFilterKey(dir Direction, prefix netip.Prefix) AddrFilterKey {
 	}
 }
 
-// Row layout of the counts array, in u64 words. The sums are in their
-// own per-CPU array, indexed by slot.
+// Row layout of the counts array, in u64 words. The program never
+// touches RowGeneration: user space keeps there how many times the row
+// was given to a new series, so a reused row starts a new run. The sums
+// are in their own array, per CPU and slot.
 const (
 	RowGeneration = 0
 	RowZero       = 1
 	RowBuckets    = 2
 )
+
+// CacheEntriesPerCPU is the number of entries of the per-CPU socket cache
+// (cfg_cache_entries; a power of two), 64 bytes each.
+const CacheEntriesPerCPU = 1024
+
+// CacheEntryBytes is the size of struct cache_entry.
+const CacheEntryBytes = 64
 
 // Layout is the geometry of the counts array.
 type Layout struct {
@@ -145,10 +153,15 @@ func (l Layout) Entries() uint64 {
 	return (uint64(l.MaxSeries) + 1) * (uint64(l.NumBuckets) + RowBuckets)
 }
 
-// SumBytes is the size of the per-CPU sums array on ncpu possible CPUs
-// (one u64 per row and CPU), and as much again in user space, where a
-// read copies it.
-func (l Layout) SumBytes(ncpu int) uint64 { return uint64(l.Rows()) * uint64(ncpu) * 8 }
+// SumStride is the number of u64 sums per CPU in the cpu_sums array: one
+// per row, rounded up to whole cache lines so no two CPUs share one.
+func (l Layout) SumStride() uint32 { return (l.Rows() + 7) &^ 7 }
+
+// SumBytes is the size of the cpu_sums array on ncpu possible CPUs.
+func (l Layout) SumBytes(ncpu int) uint64 { return uint64(l.SumStride()) * uint64(ncpu) * 8 }
+
+// CacheBytes is the size of the per-CPU socket cache on ncpu possible CPUs.
+func CacheBytes(ncpu int) uint64 { return uint64(ncpu) * CacheEntriesPerCPU * CacheEntryBytes }
 
 // CountBytes is the size of the counts array.
 func (l Layout) CountBytes() uint64 { return l.Entries() * 8 }
@@ -162,7 +175,7 @@ func (l Layout) Validate() error {
 	if l.NumBuckets == 0 || l.MaxSeries == 0 {
 		return fmt.Errorf("empty layout %+v", l)
 	}
-	if l.Entries() > 1<<32-1 {
+	if l.Entries() > 1<<32-1 || uint64(l.SumStride())*1024 > 1<<32-1 {
 		return fmt.Errorf("%d rows of %d words exceed the kernel array's u32 index", l.Rows(), l.Stride())
 	}
 	return nil

@@ -80,8 +80,10 @@ func TestBytesMatchBPF(t *testing.T) {
 	}
 	assert.Equal(t, bytesOf(t, g), bytesOf(t, k))
 
-	r := kmaps.Ref{Slot: 12345, Generation: 6}
-	assert.Equal(t, bytesOf(t, bpf.TcprttSeriesRef{Slot: r.Slot, Generation: r.Generation}), bytesOf(t, r))
+	r := kmaps.Ref{Slot: 12345}
+	assert.Equal(t, bytesOf(t, bpf.TcprttSeriesRef{Slot: r.Slot}), bytesOf(t, r))
+	// One socket cache entry per cache line, as the program assumes.
+	assert.Equal(t, kmaps.CacheEntryBytes, binary.Size(bpf.TcprttCacheEntry{}))
 
 	a := kmaps.AddrFilterKey{Prefixlen: 112, Direction: kmaps.Remote}
 	a.Addr[10], a.Addr[11], a.Addr[12] = 0xff, 0xff, 10

@@ -55,8 +55,9 @@ type Tracer struct {
 	index  *ebpf.Map
 	free   *ebpf.Map
 	stats  *ebpf.Map
-	sums   *ebpf.Map // per CPU
-	counts []byte    // the counts array, mmapped
+	counts []byte // the counts array, mmapped
+	sums   []byte // cpu_sums, mmapped: per CPU, one u64 per slot
+	epoch  []byte // cache_epoch, mmapped
 
 	// Reused across reads.
 	keys      []kmaps.Key
@@ -66,9 +67,6 @@ type Tracer struct {
 
 	scratch  []uint64 // one row
 	ncpu     int
-	sumKeys  []uint32
-	sumVals  []uint64 // per slot and CPU
-	slotSums []uint64 // per slot, all CPUs
 	now      func() time.Time
 	machine  *lifecycle.Machine
 	sumCarry []uint64             // by slot: sums moved in from retired rows (lifecycle AddToRow)
@@ -142,7 +140,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		index:  coll.Maps[bpf.TcprttMapSeriesIndex],
 		free:   coll.Maps[bpf.TcprttMapFreeSlots],
 		stats:  coll.Maps[bpf.TcprttMapStats],
-		sums:   coll.Maps[bpf.TcprttMapSums],
+		ncpu:   PossibleCPUs(),
 
 		scratch:  make([]uint64, spec.Layout().Stride()),
 		now:      time.Now,
@@ -154,15 +152,16 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 			t.Close()
 		}
 	}()
-	if t.ncpu, err = ebpf.PossibleCPU(); err != nil {
-		return nil, fmt.Errorf("count possible CPUs: %w", err)
-	}
 	if err := t.fillMaps(); err != nil {
 		return nil, err
 	}
-	t.counts, err = mmapArray(coll.Maps[bpf.TcprttMapCounts])
-	if err != nil {
-		return nil, err
+	for _, m := range []struct {
+		name string
+		dst  *[]byte
+	}{{bpf.TcprttMapCounts, &t.counts}, {bpf.TcprttMapCpuSums, &t.sums}, {bpf.TcprttMapCacheEpoch, &t.epoch}} {
+		if *m.dst, err = mmapArray(coll.Maps[m.name]); err != nil {
+			return nil, fmt.Errorf("%s: %w", m.name, err)
+		}
 	}
 	t.attachedAt = time.Now()
 	t.link, err = attach(mode, t.prog)
@@ -180,14 +179,16 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		table[i] = bpf.TcprttBucketEntry{Base: e.Base, Threshold: e.Threshold}
 	}
 	vars := map[string]any{
-		bpf.TcprttVarCfgGroupBy:    uint32(spec.GroupBy),
-		bpf.TcprttVarCfgFilters:    uint32(spec.Filters()),
-		bpf.TcprttVarCfgFamily:     uint32(spec.Family),
-		bpf.TcprttVarCfgRdonlyCast: !spec.HelperReads,
-		bpf.TcprttVarCfgScale:      uint32(spec.Table.Scale),
-		bpf.TcprttVarCfgStride:     layout.Stride(),
-		bpf.TcprttVarCfgMaxSeries:  layout.MaxSeries,
-		bpf.TcprttVarCfgBuckets:    table,
+		bpf.TcprttVarCfgGroupBy:      uint32(spec.GroupBy),
+		bpf.TcprttVarCfgFilters:      uint32(spec.Filters()),
+		bpf.TcprttVarCfgFamily:       uint32(spec.Family),
+		bpf.TcprttVarCfgRdonlyCast:   !spec.HelperReads,
+		bpf.TcprttVarCfgScale:        uint32(spec.Table.Scale),
+		bpf.TcprttVarCfgStride:       layout.Stride(),
+		bpf.TcprttVarCfgMaxSeries:    layout.MaxSeries,
+		bpf.TcprttVarCfgSumStride:    layout.SumStride(),
+		bpf.TcprttVarCfgCacheEntries: uint32(kmaps.CacheEntriesPerCPU),
+		bpf.TcprttVarCfgBuckets:      table,
 	}
 	for name, v := range vars {
 		vs, ok := cs.Variables[name]
@@ -201,7 +202,11 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	cs.Maps[bpf.TcprttMapSeriesIndex].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapFreeSlots].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapCounts].MaxEntries = uint32(layout.Entries())
-	cs.Maps[bpf.TcprttMapSums].MaxEntries = layout.Rows()
+	// The CPU number indexes the per-CPU arrays: size them for every
+	// possible CPU.
+	ncpu := uint32(PossibleCPUs())
+	cs.Maps[bpf.TcprttMapCpuSums].MaxEntries = ncpu * layout.SumStride()
+	cs.Maps[bpf.TcprttMapSkCache].MaxEntries = ncpu * kmaps.CacheEntriesPerCPU
 	cs.Maps[bpf.TcprttMapAddrFilter].MaxEntries = uint32(max(1, len(spec.LocalPrefixes)+len(spec.RemotePrefixes)))
 	return nil
 }
@@ -249,7 +254,7 @@ func mmapArray(m *ebpf.Map) ([]byte, error) {
 	size = (size + page - 1) / page * page
 	b, err := unix.Mmap(m.FD(), 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("mmap counts array: %w", err)
+		return nil, fmt.Errorf("mmap: %w", err)
 	}
 	return b, nil
 }
@@ -313,9 +318,11 @@ func (t *Tracer) Close() error {
 		errs = append(errs, t.link.Close())
 		t.link = nil
 	}
-	if t.counts != nil {
-		errs = append(errs, unix.Munmap(t.counts))
-		t.counts = nil
+	for _, b := range []*[]byte{&t.counts, &t.sums, &t.epoch} {
+		if *b != nil {
+			errs = append(errs, unix.Munmap(*b))
+			*b = nil
+		}
 	}
 	if t.coll != nil {
 		t.coll.Close()

@@ -57,9 +57,6 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 		if err := t.readSeries(&s, &packed); err != nil {
 			return err
 		}
-		if s.Generation != ref.Generation {
-			continue // recycled since the index was read
-		}
 		snap.Series = append(snap.Series, s)
 		if err := t.machine.Observe(&snap.Series[len(snap.Series)-1], now); err != nil {
 			return err
@@ -69,8 +66,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	if err := t.readSeries(&o, &packed); err != nil {
 		return err
 	}
-	// The overflow row is never reset: one cumulative run, whatever its
-	// generation (which only tells cached sockets to look for a row).
+	// The overflow row is never reset: one cumulative run.
 	o.Generation = 0
 	if o.Total > 0 {
 		snap.Series = append(snap.Series, o)
@@ -82,12 +78,9 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 	// first, so every counted sample is in its sum (a sample landing in
 	// between may be in the sum a read early). A retired series' final
 	// sum was read with its counts, before its row was cleared.
-	if err := t.readSums(snap.Series); err != nil {
-		return err
-	}
 	for i := range snap.Series {
 		if s := &snap.Series[i]; !s.Retired {
-			s.Sum = t.slotSums[s.Slot] + t.sumCarry[s.Slot]
+			s.Sum = t.slotSum(s.Slot)
 		}
 	}
 	var err error
@@ -132,63 +125,18 @@ func (t *Tracer) loadRow(slot uint32, row []uint64) {
 	}
 }
 
-// readSums reads the per-CPU sums of the slots of series into
-// t.slotSums. Slots are handed out lowest first, so the series' slots are
-// read with one batched lookup of the slots up to the highest in use (5.6+
-// kernels), and the overflow slot on its own.
-func (t *Tracer) readSums(series []kmaps.Series) error {
-	if t.slotSums == nil {
-		t.allocSums()
-	}
-	n := 0
-	for i := range series {
-		if !series[i].Overflow && !series[i].Retired {
-			n = max(n, int(series[i].Slot)+1)
-		}
-	}
-	if n > 0 {
-		var cursor ebpf.MapBatchCursor
-		got, err := t.sums.BatchLookup(&cursor, t.sumKeys[:n], t.sumVals[:n*t.ncpu], nil)
-		switch {
-		case errors.Is(err, ebpf.ErrNotSupported):
-			for slot := range n {
-				if err := t.lookupSum(uint32(slot)); err != nil {
-					return err
-				}
-			}
-		case err != nil && !errors.Is(err, ebpf.ErrKeyNotExist):
-			return fmt.Errorf("read sums: %w", err)
-		default:
-			for i := range got {
-				t.slotSums[t.sumKeys[i]] = sumOf(t.sumVals[i*t.ncpu : (i+1)*t.ncpu])
-			}
-		}
-	}
-	return t.lookupSum(t.layout.OverflowSlot())
+// sumWord is CPU cpu's sum of slot in the mmapped cpu_sums array.
+func (t *Tracer) sumWord(cpu int, slot uint32) *uint64 {
+	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.sums))), len(t.sums)/8)
+	return &words[uint64(cpu)*uint64(t.layout.SumStride())+uint64(slot)]
 }
 
-// allocSums allocates the buffers of readSums on first use: one value
-// per row and CPU (kmaps.Layout.UserBytes counts them).
-func (t *Tracer) allocSums() {
-	rows := int(t.layout.Rows())
-	t.sumKeys = make([]uint32, rows)
-	t.sumVals = make([]uint64, rows*t.ncpu)
-	t.slotSums = make([]uint64, rows)
-}
-
-func (t *Tracer) lookupSum(slot uint32) error {
-	perCPU := t.sumVals[:t.ncpu]
-	if err := t.sums.Lookup(slot, &perCPU); err != nil {
-		return fmt.Errorf("read sum of slot %d: %w", slot, err)
-	}
-	t.slotSums[slot] = sumOf(perCPU)
-	return nil
-}
-
-func sumOf(perCPU []uint64) uint64 {
-	var sum uint64
-	for _, v := range perCPU {
-		sum += v
+// slotSum is the sum of slot over every CPU, plus what user space moved
+// into it (lifecycle AddToRow).
+func (t *Tracer) slotSum(slot uint32) uint64 {
+	sum := t.sumCarry[slot]
+	for cpu := range t.ncpu {
+		sum += atomic.LoadUint64(t.sumWord(cpu, slot))
 	}
 	return sum
 }

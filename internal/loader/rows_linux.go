@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -23,10 +24,12 @@ func (r kernelRows) Unindex(key kmaps.Key) error {
 	return nil
 }
 
-// Invalidate bumps the row's generation: a socket whose cached reference
-// has the old one resolves its series again on its next segment.
+// Invalidate gives the row a new generation (the converter's identity of
+// a run) and bumps the cache epoch: every socket resolves its series again
+// on its next segment, through the index that no longer has the key.
 func (r kernelRows) Invalidate(slot, generation uint32) error {
 	r.t.storeWord(slot, kmaps.RowGeneration, uint64(generation+1))
+	r.t.bumpEpoch()
 	return nil
 }
 
@@ -36,13 +39,7 @@ func (r kernelRows) ReadRow(slot uint32, s *kmaps.Series) error {
 	if err := kmaps.DecodeRow(t.scratch, t.layout, s); err != nil {
 		return err
 	}
-	if t.slotSums == nil {
-		t.allocSums()
-	}
-	if err := t.lookupSum(slot); err != nil {
-		return err
-	}
-	s.Sum = t.slotSums[slot] + t.sumCarry[slot]
+	s.Sum = t.slotSum(slot)
 	return nil
 }
 
@@ -68,8 +65,8 @@ func (r kernelRows) ClearRow(slot uint32) error {
 	for w := uint32(kmaps.RowZero); w < t.layout.Stride(); w++ {
 		t.storeWord(slot, w, 0)
 	}
-	if err := t.sums.Put(slot, make([]uint64, t.ncpu)); err != nil {
-		return fmt.Errorf("clear sum: %w", err)
+	for cpu := range t.ncpu {
+		atomic.StoreUint64(t.sumWord(cpu, slot), 0)
 	}
 	t.sumCarry[slot] = 0
 	return nil
@@ -92,11 +89,16 @@ func (r kernelRows) HasFreeRow() (bool, error) {
 	return err == nil, err
 }
 
-// ReresolveOverflow bumps the overflow row's generation: sockets cached
-// there see a reference that no longer matches and look for a row.
+// ReresolveOverflow bumps the cache epoch: every socket resolves again,
+// and those that found no row before pop a free one.
 func (r kernelRows) ReresolveOverflow() error {
-	atomic.AddUint64(r.t.word(r.t.layout.OverflowSlot(), kmaps.RowGeneration), 1)
+	r.t.bumpEpoch()
 	return nil
+}
+
+// bumpEpoch makes every entry of the per-CPU socket cache stale.
+func (t *Tracer) bumpEpoch() {
+	atomic.AddUint64((*uint64)(unsafe.Pointer(unsafe.SliceData(t.epoch))), 1)
 }
 
 // liveSlot returns the row key has in the index read by this Read.
