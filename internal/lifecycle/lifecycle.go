@@ -149,6 +149,12 @@ func (m *Machine) FreeRetired(liveSlot func(kmaps.Key) (uint32, bool), emit func
 // free advances r, retired at an earlier read, as far as it goes.
 func (m *Machine) free(r *retiredRow, liveSlot func(kmaps.Key) (uint32, bool), emit func(*kmaps.Series)) error {
 	if r.stage == waiting {
+		// Once more: a program that had resolved the row just before it
+		// was retired may have cached it after the first invalidation.
+		// None can still be doing so now, an interval later.
+		if err := m.rows.Invalidate(r.slot, r.generation+1); err != nil {
+			return fmt.Errorf("expire idle series: %w", err)
+		}
 		r.stage = toAccount
 	}
 	if r.stage == toAccount {

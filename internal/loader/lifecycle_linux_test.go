@@ -26,7 +26,7 @@ var (
 // grouped by remote address, counting the tests' own addresses (remote
 // ones in remote), with a clock
 // the test moves.
-func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote netip.Prefix) (*Tracer, *time.Time) {
+func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote netip.Prefix, cacheEntries ...uint32) (*Tracer, *time.Time) {
 	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
@@ -36,7 +36,7 @@ func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote ne
 	}
 	tr, err := Open(Spec{
 		Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: maxSeries,
-		IdleTimeout: idle, LocalPrefixes: []netip.Prefix{lifeNet}, RemotePrefixes: []netip.Prefix{remote},
+		IdleTimeout: idle, CacheEntries: append(cacheEntries, 0)[0], LocalPrefixes: []netip.Prefix{lifeNet, netip.MustParsePrefix("127.10.11.0/24")}, RemotePrefixes: []netip.Prefix{remote},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -174,5 +174,36 @@ func TestOverflowedSocketTakesPushedBackSlot(t *testing.T) {
 	got := seriesOf(readSnap(t, tr), lifeOther)
 	if len(got) != 1 || got[0].Total < 10 {
 		t.Fatalf("the overflowed socket did not take the free slot: %+v", got)
+	}
+}
+
+// TestClosedSocketsKeepTheirCounts: connections opened and closed one
+// after another (the kernel reuses freed socket memory for the next ones)
+// never add to an earlier connection's series: a cache entry is valid only
+// for the exact 4-tuple it was written for. The cache has one entry per
+// CPU here, so every socket meets the entries of the others.
+func TestClosedSocketsKeepTheirCounts(t *testing.T) {
+	tr, _ := openLifecycle(t, 64, 0, netip.MustParsePrefix("127.10.11.0/24"), 1)
+	server := tcptest.Listen(t, netip.MustParseAddr("127.10.11.1"))
+	final := map[netip.Addr]uint64{}
+	for i := range 40 {
+		client := netip.AddrFrom4([4]byte{127, 10, 11, byte(10 + i)})
+		server.Visit(t, client, 5)
+		time.Sleep(20 * time.Millisecond) // the closing segments are in
+		for _, s := range readSnap(t, tr) {
+			if s.Overflow {
+				continue
+			}
+			peer := s.Key.RemoteAddress()
+			if old, ok := final[peer]; ok && old != s.Total {
+				t.Errorf("series of %s, closed earlier, went from %d to %d samples", peer, old, s.Total)
+			}
+			if peer == client {
+				final[peer] = s.Total
+			}
+		}
+		if final[client] == 0 {
+			t.Fatalf("no samples for %s", client)
+		}
 	}
 }

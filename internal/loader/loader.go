@@ -75,6 +75,10 @@ type Spec struct {
 	// kernels before 6.2, even where bpf_rdonly_cast allows direct loads
 	// (for tests of that path).
 	HelperReads bool
+	// CacheEntries, if set (a power of two), replaces the per-CPU socket
+	// cache's kmaps.CacheEntriesPerCPU entries (tests use 1 to make every
+	// socket share one entry).
+	CacheEntries uint32
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8
@@ -88,6 +92,14 @@ type Spec struct {
 // Layout returns the counts array geometry of s.
 func (s *Spec) Layout() kmaps.Layout {
 	return kmaps.Layout{NumBuckets: s.Table.NumBuckets, MaxSeries: s.MaxSeries}
+}
+
+// cacheEntries is the per-CPU socket cache size of s.
+func (s *Spec) cacheEntries() uint32 {
+	if s.CacheEntries != 0 {
+		return s.CacheEntries
+	}
+	return kmaps.CacheEntriesPerCPU
 }
 
 // Filters returns the active filter bits of s.
