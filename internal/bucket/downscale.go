@@ -1,6 +1,10 @@
 package bucket
 
-import "fmt"
+import (
+	"fmt"
+	"math"
+	"math/big"
+)
 
 // Downscaling, as the OpenTelemetry SDKs bound an exponential histogram
 // (max_size): lowering the scale by k merges each run of 2^k neighbouring
@@ -78,4 +82,45 @@ func Downscale(dst, counts []uint64, offset int32, k int) ([]uint64, int32) {
 // with maxBuckets = 2 it can be −5.
 func (t *Table) CoarsestScale(maxBuckets int) int {
 	return t.Scale - FitSteps(t.MinIndex, t.MinIndex+int32(t.NumBuckets)-1, maxBuckets)
+}
+
+// MinDownscale is the coarsest scale ReferenceIndexAt accepts, the
+// SDKs' minimum. No point of this receiver goes below −5 (CoarsestScale).
+const MinDownscale = -10
+
+// ReferenceIndexAt is ReferenceIndex extended to the negative scales a
+// downscaled point can have: at scale −m (base 2^(2^m)) the index of
+// v = raw/divisor is the largest i with v > 2^(i·2^m), decided with
+// math/big (raw > divisor·2^e for e = i·2^m ≥ 0, raw·2^−e > divisor for
+// e < 0). It does not use the shift it serves to check. Slow; for tests.
+// It panics on raw 0, divisor 0 or a scale outside MinDownscale..MaxScale.
+func ReferenceIndexAt(raw uint32, divisor uint64, scale int) int32 {
+	if scale >= 0 {
+		return ReferenceIndex(raw, divisor, scale)
+	}
+	if scale < MinDownscale {
+		panic(fmt.Sprintf("bucket: ReferenceIndexAt: scale %d below %d", scale, MinDownscale))
+	}
+	if raw == 0 || divisor == 0 {
+		panic("bucket: ReferenceIndexAt: raw and divisor must be > 0")
+	}
+	m := uint(-scale)
+	above := func(i int64) bool {
+		r, q := new(big.Int).SetUint64(uint64(raw)), new(big.Int).SetUint64(divisor)
+		if e := i << m; e >= 0 {
+			q.Lsh(q, uint(e))
+		} else {
+			r.Lsh(r, uint(-e))
+		}
+		return r.Cmp(q) > 0
+	}
+	// A float first guess, made exact by the loops (above is monotone in i).
+	i := int64(math.Floor(math.Log2(float64(raw)/float64(divisor)) / math.Exp2(float64(m))))
+	for !above(i) {
+		i--
+	}
+	for above(i + 1) {
+		i++
+	}
+	return int32(i)
 }

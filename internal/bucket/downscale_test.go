@@ -3,7 +3,6 @@ package bucket
 import (
 	"fmt"
 	"math"
-	"math/big"
 	"math/rand/v2"
 	"testing"
 
@@ -11,35 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// refIndexAt is the exact OTLP index of raw/d at any scale: ReferenceIndex
-// for scale ≥ 0; for scale −m < 0 (base 2^(2^m)) the largest i with
-// raw/d > 2^(i·2^m), decided with math/big (raw > d·2^e for e = i·2^m ≥ 0,
-// raw·2^−e > d for e < 0). It does not use the shift it is meant to check.
-func refIndexAt(raw uint32, d uint64, scale int) int32 {
-	if scale >= 0 {
-		return ReferenceIndex(raw, d, scale)
-	}
-	m := uint(-scale)
-	above := func(i int64) bool {
-		r, q := new(big.Int).SetUint64(uint64(raw)), new(big.Int).SetUint64(d)
-		if e := i * (1 << m); e >= 0 {
-			q.Lsh(q, uint(e))
-		} else {
-			r.Lsh(r, uint(-e))
-		}
-		return r.Cmp(q) > 0
-	}
-	i := int64(math.Floor(math.Log2(float64(raw)/float64(d)) / math.Exp2(float64(m))))
-	for !above(i) {
-		i--
-	}
-	for above(i + 1) {
-		i++
-	}
-	return int32(i)
-}
-
-func TestRefIndexAtNegativeScalesHandChecked(t *testing.T) {
+func TestReferenceIndexAtNegativeScales(t *testing.T) {
 	for _, c := range []struct {
 		raw   uint32
 		unit  Unit
@@ -58,8 +29,14 @@ func TestRefIndexAtNegativeScalesHandChecked(t *testing.T) {
 		{80, Seconds, -5, -1, "10 µs in (2^-32, 1], base 2^32"},
 		{8_000_001, Seconds, -5, 0, "just above 1 s in (1, 2^32]"},
 	} {
-		assert.Equal(t, c.want, refIndexAt(c.raw, mustDivisor(t, c.unit), c.scale), "raw=%d %s scale %d: %s", c.raw, c.unit, c.scale, c.why)
+		assert.Equal(t, c.want, ReferenceIndexAt(c.raw, mustDivisor(t, c.unit), c.scale), "raw=%d %s scale %d: %s", c.raw, c.unit, c.scale, c.why)
 	}
+	for scale := MinScale; scale <= MaxScale; scale++ {
+		assert.Equal(t, ReferenceIndex(12345, 8000, scale), ReferenceIndexAt(12345, 8000, scale), "scale %d", scale)
+	}
+	assert.Panics(t, func() { ReferenceIndexAt(1, 8, MinDownscale-1) })
+	assert.Panics(t, func() { ReferenceIndexAt(1, 8, MaxScale+1) })
+	assert.Panics(t, func() { ReferenceIndexAt(0, 8, -1) })
 }
 
 // fineCounts counts each raw (weight w[raw]) at the table's scale with the
@@ -84,13 +61,13 @@ func fineCounts(tbl *Table, w map[uint32]uint64) ([]uint64, int32) {
 
 // checkDownscale checks Downscale by k of the counts of w against the exact
 // index of every raw at scale tbl.Scale−k: the coarser table (verified
-// against ReferenceIndex in TestExact) at scales ≥ 0, refIndexAt below,
+// against ReferenceIndex in TestExact) at scales ≥ 0, ReferenceIndexAt below,
 // and ReferenceIndex itself for the first raws.
 func checkDownscale(t *testing.T, tbl *Table, w map[uint32]uint64, k int) {
 	t.Helper()
 	fine, off := fineCounts(tbl, w)
 	target := tbl.Scale - k
-	index := func(raw uint32) int32 { return refIndexAt(raw, tbl.Divisor, target) }
+	index := func(raw uint32) int32 { return ReferenceIndexAt(raw, tbl.Divisor, target) }
 	if target >= 0 {
 		coarse, err := NewTable(target, tbl.Unit)
 		require.NoError(t, err)
@@ -103,7 +80,7 @@ func checkDownscale(t *testing.T, tbl *Table, w map[uint32]uint64, k int) {
 	for raw, n := range w {
 		i := index(raw)
 		if checked < 100 {
-			require.Equal(t, refIndexAt(raw, tbl.Divisor, target), i, "raw %d at scale %d", raw, target)
+			require.Equal(t, ReferenceIndexAt(raw, tbl.Divisor, target), i, "raw %d at scale %d", raw, target)
 			checked++
 		}
 		want[i] += n
