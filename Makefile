@@ -85,7 +85,8 @@ lint:
 
 # Cost of the program and the receiver (as root, on a quiet machine): per-event
 # run time vs an empty program, throughput A/B, kernel memory; then the scrape
-# benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap.
+# benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap, and
+# the conversion alone with and without downscaling (max_buckets).
 bench:
 	@mkdir -p build
 	$(GO) run ./internal/benchtool
@@ -97,6 +98,10 @@ bench:
 	           for (i = 1; i <= n; i++) { k = sizes[i]; \
 	               printf "   %5d series: read %11d  scrape %11d  ratio %.2f  (%.0f ns/series)\n", \
 	                   k, r[k], s[k], s[k] / r[k], s[k] / k } }' build/bench-go.txt
+	@awk 'BEGIN { print "\n4. Convert to pmetric only (10k series, no kernel), ns/op: scale 3 x 30 buckets; scale 8 x 400 buckets" \
+	              " unbounded (max=0) and with max_buckets 160 (merged into 101 buckets at scale 6):" } \
+	     /^BenchmarkAppend(Scale8)?\// { n = $$1; sub(/-[0-9]+$$/, "", n); \
+	           printf "   %-52s %11d  (%.0f ns/series)\n", n, $$3, $$3 / 10000 }' build/bench-go.txt
 
 e2e: otelcol prometheus
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \

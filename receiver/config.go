@@ -29,8 +29,13 @@ type Config struct {
 	GroupBy []string `mapstructure:"group_by"`
 	// Filter restricts which sockets are measured.
 	Filter FilterConfig `mapstructure:"filter"`
-	// Scale is the exponential histogram scale, 0..8.
+	// Scale is the exponential histogram scale, 0..8: the kernel counts at
+	// it, and it is the finest scale a data point may have.
 	Scale int `mapstructure:"scale"`
+	// MaxBuckets bounds the positive buckets of a data point, as the SDKs'
+	// max_size: a point whose populated range does not fit at Scale is
+	// downscaled exactly until it does.
+	MaxBuckets int `mapstructure:"max_buckets"`
 	// Unit of the exported values: s, ms or us.
 	Unit string `mapstructure:"unit"`
 	// Temporality of the exported points: cumulative or delta.
@@ -79,6 +84,7 @@ var groupBits = map[string]kmaps.GroupBy{
 const (
 	defaultCollectionInterval = 10 * time.Second
 	defaultScale              = 3
+	defaultMaxBuckets         = 160 // the OpenTelemetry SDKs' default max_size
 	defaultUnit               = bucket.Seconds
 	defaultTemporality        = convert.Cumulative
 	defaultMaxSeries          = 1000
@@ -106,6 +112,7 @@ func createDefaultConfig() *Config {
 		ControllerConfig: cc,
 		GroupBy:          []string{groupRemoteAddress},
 		Scale:            defaultScale,
+		MaxBuckets:       defaultMaxBuckets,
 		Unit:             string(defaultUnit),
 		Temporality:      string(defaultTemporality),
 		MaxSeries:        defaultMaxSeries,
@@ -123,7 +130,7 @@ func (c *Config) Unmarshal(conf *confmap.Conf) error {
 		return nil
 	}
 	var errs []error
-	for _, key := range []string{"scale", "max_series"} {
+	for _, key := range []string{"scale", "max_buckets", "max_series"} {
 		errs = append(errs, checkInteger(key, conf.Get(key)))
 	}
 	for _, key := range []string{"filter::local_ports", "filter::remote_ports"} {
@@ -182,6 +189,10 @@ func (c *Config) Validate() error {
 	scaleOK := c.Scale >= bucket.MinScale && c.Scale <= bucket.MaxScale
 	if !scaleOK {
 		bad("scale", "%d is out of range %d..%d", c.Scale, bucket.MinScale, bucket.MaxScale)
+	}
+	if c.MaxBuckets < bucket.MinMaxBuckets || c.MaxBuckets > bucket.MaxPointBuckets {
+		bad("max_buckets", "%d is out of range %d..%d (%d or more never downscales: no point spans more buckets)",
+			c.MaxBuckets, bucket.MinMaxBuckets, bucket.MaxPointBuckets, bucket.MaxPointBuckets)
 	}
 	unitOK := bucket.Unit(c.Unit).Valid()
 	if !unitOK {

@@ -43,6 +43,7 @@ func TestDefaultConfig(t *testing.T) {
 	assert.Equal(t, time.Duration(0), cfg.Timeout)
 	assert.Equal(t, []string{"remote_address"}, cfg.GroupBy)
 	assert.Equal(t, 3, cfg.Scale)
+	assert.Equal(t, 160, cfg.MaxBuckets)
 	assert.Equal(t, "s", cfg.Unit)
 	assert.Equal(t, "cumulative", cfg.Temporality)
 	assert.Equal(t, 1000, cfg.MaxSeries)
@@ -85,6 +86,7 @@ func TestLoadConfig(t *testing.T) {
 				c.Unit = "ms"
 				c.Temporality = "delta"
 				c.MaxSeries = 5000
+				c.MaxBuckets = 320
 				c.IdleTimeout = 90 * time.Second
 				c.AttachMode = "tp_btf"
 				return c
@@ -202,6 +204,14 @@ func TestValidateRejects(t *testing.T) {
 			[]string{"group_by[0]", `""`, "not one of"}},
 		{"duplicated group_by", func(c *Config) { c.GroupBy = []string{"remote_address", "local_port", "remote_address"} },
 			[]string{"group_by[2]", `"remote_address"`, "twice"}},
+		{"max_buckets 1", func(c *Config) { c.MaxBuckets = 1 },
+			[]string{"max_buckets", "1 is out of range 2..8193"}},
+		{"max_buckets 0", func(c *Config) { c.MaxBuckets = 0 },
+			[]string{"max_buckets", "0 is out of range 2..8193"}},
+		{"max_buckets -160", func(c *Config) { c.MaxBuckets = -160 },
+			[]string{"max_buckets", "-160 is out of range"}},
+		{"max_buckets 8194", func(c *Config) { c.MaxBuckets = 8194 },
+			[]string{"max_buckets", "8194 is out of range", "8193 or more never downscales"}},
 		{"unit min", func(c *Config) { c.Unit = "min" },
 			[]string{"unit", `"min"`}},
 		{"unit empty", func(c *Config) { c.Unit = "" },
@@ -240,7 +250,8 @@ func TestValidateRejects(t *testing.T) {
 			// (for the keys loaderSpec reads).
 			if _, specErr := c.loaderSpec(); specErr == nil {
 				switch tt.name {
-				case "unknown temporality", "max_series 0", "max_series -1", "max_series 2_000_000",
+				case "max_buckets 1", "max_buckets 0", "max_buckets -160", "max_buckets 8194",
+					"unknown temporality", "max_series 0", "max_series -1", "max_series 2_000_000",
 					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval":
 				default:
 					t.Errorf("loaderSpec accepted a config Validate rejects: %v", err)
@@ -321,6 +332,8 @@ func TestValidateAccepts(t *testing.T) {
 		{"scale 8", func(c *Config) { c.Scale = 8 }},
 		{"scale 0 max_series 1_000_000", func(c *Config) { c.Scale, c.MaxSeries = 0, 1_000_000 }},
 		{"max_series 1", func(c *Config) { c.MaxSeries = 1 }},
+		{"max_buckets 2, the fewest that hold samples on both sides of 1", func(c *Config) { c.MaxBuckets = 2 }},
+		{"max_buckets 8193, never downscales", func(c *Config) { c.Scale, c.MaxBuckets = 8, 8193 }},
 		{"idle_timeout 0 keeps series forever", func(c *Config) { c.IdleTimeout = 0 }},
 		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 }},
 		{"scale 8 max_series 10_000", func(c *Config) { c.Scale, c.MaxSeries = 8, 10_000 }},
@@ -489,6 +502,7 @@ func TestUnmarshalRejectsBentValues(t *testing.T) {
 	}{
 		{map[string]any{"scale": 8.9}, "scale: 8.9 is not an integer"},
 		{map[string]any{"max_series": 10.5}, "max_series: 10.5 is not an integer"},
+		{map[string]any{"max_buckets": 160.5}, "max_buckets: 160.5 is not an integer"},
 		{map[string]any{"filter": map[string]any{"local_ports": []any{80, 80.5}}}, "filter.local_ports[1]: 80.5 is not an integer"},
 		{map[string]any{"idle_timeout": 5}, "idle_timeout: 5 has no unit"},
 		{map[string]any{"collection_interval": 2.5}, "collection_interval: 2.5 has no unit"},

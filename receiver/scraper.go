@@ -69,6 +69,7 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 		GroupBy:     spec.GroupBy,
 		Temporality: convert.Temporality(s.cfg.Temporality),
 		Start:       s.tracer.AttachedAt(),
+		MaxBuckets:  s.cfg.MaxBuckets,
 	})
 	if err != nil {
 		return err

@@ -49,6 +49,11 @@ type Options struct {
 	Temporality Temporality
 	// Start is when counting began (the program's attach time).
 	Start time.Time
+	// MaxBuckets bounds the positive buckets of a point, as the SDKs'
+	// max_size does: a point whose populated range does not fit at the
+	// table's scale is exported at the finest coarser scale at which it
+	// fits. 0 means no bound (points stay at the table's scale).
+	MaxBuckets int
 }
 
 // seriesID identifies one cumulative run of counts: the row (slot) and
@@ -66,6 +71,11 @@ type state struct {
 
 	// Last exported counts (delta only): a series, to reuse its layout.
 	prev kmaps.Series
+
+	// scale of the last cumulative point: a cumulative series only ever
+	// goes down in scale, as in the SDKs, so a backend sees one
+	// consistent series. Unused in delta, where each point is on its own.
+	scale int32
 }
 
 // Converter converts snapshots of one program instance. It is not safe for
@@ -77,6 +87,7 @@ type Converter struct {
 	lastTime time.Time
 	round    uint64
 	delta    kmaps.Series // scratch
+	merged   []uint64     // scratch of downscaled buckets (FromRaw copies)
 }
 
 // New returns a Converter for opts.
@@ -86,6 +97,9 @@ func New(opts Options) (*Converter, error) {
 	}
 	if opts.Temporality != Cumulative && opts.Temporality != Delta {
 		return nil, fmt.Errorf("convert: unknown temporality %q", opts.Temporality)
+	}
+	if opts.MaxBuckets != 0 && opts.MaxBuckets < bucket.MinMaxBuckets {
+		return nil, fmt.Errorf("convert: max buckets %d is below %d (0 for no bound)", opts.MaxBuckets, bucket.MinMaxBuckets)
 	}
 	return &Converter{
 		opts:     opts,
@@ -107,6 +121,11 @@ func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 // previous conversion, before which it had no samples. In delta
 // temporality a point covers the samples since the previous conversion,
 // and series without new samples are left out.
+//
+// With Options.MaxBuckets, a point is at the table's scale or, if its
+// populated range does not fit, at the finest coarser scale where it does;
+// a cumulative series never goes back up in scale, a delta point is sized
+// on its own.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
 	m := ms.AppendEmpty()
 	m.SetName(MetricName)
@@ -163,7 +182,7 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 }
 
 func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {
-	st := &state{key: s.Key, start: start, attrs: pcommon.NewMap()}
+	st := &state{key: s.Key, start: start, attrs: pcommon.NewMap(), scale: int32(c.opts.Table.Scale)}
 	c.setAttributes(st.attrs, s)
 	return st
 }
@@ -177,15 +196,44 @@ func (c *Converter) appendPoint(dps pmetric.ExponentialHistogramDataPointSlice, 
 	dp.SetStartTimestamp(start)
 	dp.SetTimestamp(ts)
 	st.attrs.CopyTo(dp.Attributes())
-	dp.SetScale(int32(c.opts.Table.Scale))
+	scale, buckets, offset := c.bound(st, counts)
+	dp.SetScale(scale)
 	dp.SetZeroThreshold(0)
 	dp.SetZeroCount(counts.Zero)
 	dp.SetSum(float64(counts.Sum) / c.divisor)
 	dp.SetCount(counts.Total)
-	if len(counts.Buckets) > 0 {
-		dp.Positive().SetOffset(c.opts.Table.MinIndex + int32(counts.Offset))
-		dp.Positive().BucketCounts().FromRaw(counts.Buckets)
+	if len(buckets) > 0 {
+		dp.Positive().SetOffset(offset)
+		dp.Positive().BucketCounts().FromRaw(buckets)
 	}
+}
+
+// bound returns the scale, positive buckets and offset of the point of
+// counts: the kernel's buckets at the table's scale if they fit in
+// MaxBuckets, else merged by the fewest steps that make them fit (and, in
+// cumulative, at least as many as the series' previous point had). The
+// merge is exact (bucket.Downscale); count, sum and zero count are
+// untouched. The buckets may alias c.merged until the next call.
+func (c *Converter) bound(st *state, counts *kmaps.Series) (int32, []uint64, int32) {
+	t := c.opts.Table
+	offset := t.MinIndex + int32(counts.Offset)
+	steps := 0
+	cumulative := c.opts.Temporality == Cumulative
+	if cumulative {
+		steps = t.Scale - int(st.scale)
+	}
+	if c.opts.MaxBuckets > 0 && len(counts.Buckets) > 0 {
+		steps = max(steps, bucket.FitSteps(offset, offset+int32(len(counts.Buckets))-1, c.opts.MaxBuckets))
+	}
+	scale := int32(t.Scale - steps)
+	if cumulative {
+		st.scale = scale
+	}
+	if steps == 0 {
+		return scale, counts.Buckets, offset
+	}
+	c.merged, offset = bucket.Downscale(c.merged, counts.Buckets, offset, steps)
+	return scale, c.merged, offset
 }
 
 func (c *Converter) setAttributes(attrs pcommon.Map, s *kmaps.Series) {

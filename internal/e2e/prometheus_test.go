@@ -107,11 +107,31 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	colBin := collectorBinary(t)
 	prom := startPrometheus(t, promBin)
 	sink := newOTLPSink(t)
-	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url)
+	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url, "", "")
 	col := startProcessEnv(t, append(os.Environ(), "HOST_NAME="+promHostName), colBin, "--config="+cfg)
 	col.waitReady(t, readyTimeout)
 
-	// Traffic: the slow pair in the background, the fast one here.
+	closed := runPrometheusTraffic(t)
+	final := waitFinalPoints(t, sink, col, closed)
+	require.NoError(t, sink.err(), "OTLP endpoint")
+
+	// Prometheus gets the same exports; wait until it holds the final counts.
+	series := waitPrometheusCounts(t, prom, final)
+
+	checkPrometheusSeries(t, series, final)
+	checkTargetInfo(t, prom)
+	checkPrometheusQueries(t, prom, final)
+
+	col.stop(t)
+	require.NoError(t, sink.err(), "OTLP endpoint")
+	prom.stop(t)
+}
+
+// runPrometheusTraffic makes the test's traffic: the slow pair in the
+// background, the fast one here, for trafficTime. It returns when both
+// pairs are closed.
+func runPrometheusTraffic(t *testing.T) (closed time.Time) {
+	t.Helper()
 	slowRounds, slowErr := runSlowPair(t, trafficTime)
 	fast := tcptest.Dial(t, fastServer, fastClient)
 	fastRounds := 0
@@ -122,17 +142,16 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	}
 	fast.Close()
 	require.NoError(t, <-slowErr, "slow pair")
-	closed := time.Now()
+	closed = time.Now()
 	t.Logf("traffic done: %d round trips on the fast pair, %d on the slow pair", fastRounds, *slowRounds)
+	return closed
+}
 
-	final := waitFinalPoints(t, sink, col, closed)
-	require.NoError(t, sink.err(), "OTLP endpoint")
-
-	// Prometheus gets the same exports; wait until it holds the final counts.
-	series := waitPrometheusCounts(t, prom, final)
-
-	checkPrometheusSeries(t, series, final)
-	checkTargetInfo(t, prom)
+// checkPrometheusQueries holds PromQL's histogram_count, histogram_sum and
+// histogram_quantile of every peer against the receiver's final point, and
+// checks that docs/prometheus.md's queries give one finite result per peer.
+func checkPrometheusQueries(t *testing.T, prom *prometheus, final map[string]pmetric.ExponentialHistogramDataPoint) {
+	t.Helper()
 	counts := queryVector(t, prom, "histogram_count("+promMetric+")")
 	sums := queryVector(t, prom, "histogram_sum("+promMetric+")")
 	quantiles := map[float64]map[string]float64{}
@@ -174,29 +193,45 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 			}
 		}
 	}
-
-	col.stop(t)
-	require.NoError(t, sink.err(), "OTLP endpoint")
-	prom.stop(t)
 }
 
 // writePrometheusConfig writes the collector config of the test: one
 // receiver, the resource processor of the shipped configs (the host's
 // identity, from HOST_NAME), two OTLP/HTTP exporters (Prometheus and the
 // sink). The exporter appends /v1/metrics to endpoint, so Prometheus' base
-// is /api/v1/otlp.
-func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint string) string {
+// is /api/v1/otlp. receiverKeys are added to the receiver's keys (each
+// line indented by four spaces). With fullSinkEndpoint, a second receiver
+// tcprtt/full with the same keys and max_buckets: 8193 (never downscaled)
+// exports to that endpoint only, through a pipeline of its own.
+func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint, receiverKeys, fullSinkEndpoint string) string {
 	t.Helper()
-	cfg := fmt.Sprintf(`# otelcol-tcprtt -> Prometheus end-to-end test config (generated)
-receivers:
-  tcprtt:
-    collection_interval: 1s
+	receiver := fmt.Sprintf(`    collection_interval: 1s
     initial_delay: 0s
     group_by: [remote_address]
     filter:
-      local_addresses: [%[3]s]
-      remote_addresses: [%[3]s]
-
+      local_addresses: [%[1]s]
+      remote_addresses: [%[1]s]
+%[2]s`, promPeerFilter, receiverKeys)
+	var fullReceiver, fullExporter, fullPipeline string
+	if fullSinkEndpoint != "" {
+		fullReceiver = "  tcprtt/full:\n" + receiver + "    max_buckets: 8193\n"
+		fullExporter = fmt.Sprintf(`  otlp_http/full:
+    endpoint: %s
+    sending_queue:
+      enabled: false
+    retry_on_failure:
+      enabled: false
+`, fullSinkEndpoint)
+		fullPipeline = `    metrics/full:
+      receivers: [tcprtt/full]
+      processors: [resource]
+      exporters: [otlp_http/full]
+`
+	}
+	cfg := fmt.Sprintf(`# otelcol-tcprtt -> Prometheus end-to-end test config (generated)
+receivers:
+  tcprtt:
+%[3]s%[4]s
 processors:
   resource:
     attributes:
@@ -225,7 +260,7 @@ exporters:
       enabled: false
     retry_on_failure:
       enabled: false
-
+%[5]s
 service:
   telemetry:
     metrics:
@@ -235,7 +270,7 @@ service:
       receivers: [tcprtt]
       processors: [resource]
       exporters: [otlp_http/prometheus, otlp_http/sink]
-`, promEndpoint, sinkEndpoint, promPeerFilter)
+%[6]s`, promEndpoint, sinkEndpoint, receiver, fullReceiver, fullExporter, fullPipeline)
 	return writeFileIn(t, t.TempDir(), "otelcol-prometheus.yaml", []byte(cfg), 0o600)
 }
 

@@ -78,6 +78,12 @@ var badConfigs = []badConfig{
 		want: []keyValue{{"group_by[1]", `"peer_address"`}}},
 	{name: "duplicated group_by", receiver: "group_by: [local_port, remote_address, local_port]",
 		want: []keyValue{{"group_by[2]", `"local_port"`}}},
+	{name: "max_buckets 1", receiver: "max_buckets: 1",
+		want: []keyValue{{"max_buckets", "1 is out of range 2..8193"}}},
+	{name: "max_buckets above the widest point", receiver: "max_buckets: 8194",
+		want: []keyValue{{"max_buckets", "8194"}}},
+	{name: "max_buckets not an integer", receiver: "max_buckets: 160.5", unmarshal: true,
+		want: []keyValue{{"max_buckets", "160.5 is not an integer"}}},
 	{name: "unit min", receiver: "unit: min",
 		want: []keyValue{{"unit", `"min"`}}},
 	{name: "unknown temporality", receiver: "temporality: gauge",
@@ -137,6 +143,7 @@ filter:
   local_addresses: [10.0.0.0/8, "2001:db8::/32", 127.0.0.1]
   remote_addresses: [192.0.2.1, "::ffff:10.0.0.0/104", "2001:db8::1"]
 scale: 8
+max_buckets: 2
 unit: us
 temporality: delta
 max_series: 1
