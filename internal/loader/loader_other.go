@@ -25,3 +25,6 @@ func (*Tracer) AttachedAt() time.Time                 { return time.Time{} }
 func (*Tracer) Layout() kmaps.Layout                  { return kmaps.Layout{} }
 func (*Tracer) Read(*kmaps.Snapshot, *[]uint64) error { return ErrNotLinux }
 func (*Tracer) Close() error                          { return nil }
+
+// Probe always fails outside Linux.
+func Probe(Mode) error { return ErrNotLinux }
