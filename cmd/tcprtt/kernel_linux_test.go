@@ -31,14 +31,29 @@ var (
 	loopV6   = netip.IPv6Loopback()
 )
 
-// buildCommand builds this command into dir, as a user would.
+// commandEnv names a prebuilt tcprtt binary to test instead of building
+// one: the kernel matrix (tools/kernels) runs this test in a VM without Go.
+const commandEnv = "TCPRTT_COMMAND"
+
+// buildCommand builds this command into dir, as a user would, or copies
+// the binary $TCPRTT_COMMAND names there.
 func buildCommand(t *testing.T, dir string) string {
 	t.Helper()
+	bin := filepath.Join(dir, "tcprtt")
+	if prebuilt := os.Getenv(commandEnv); prebuilt != "" {
+		b, err := os.ReadFile(prebuilt)
+		if err != nil {
+			t.Fatalf("%s: %v", commandEnv, err)
+		}
+		if err := os.WriteFile(bin, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return bin
+	}
 	goTool, err := exec.LookPath("go")
 	if err != nil {
 		goTool = "/usr/local/go/bin/go" // sudo's PATH often lacks it
 	}
-	bin := filepath.Join(dir, "tcprtt")
 	cmd := exec.Command(goTool, "build", "-o", bin, ".")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
