@@ -8,6 +8,8 @@
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
 #   make bench          per-event cost, throughput, kernel memory and scrape benchmarks (as root)
 #   make lint           staticcheck
+#   make test-kernels   the kernel tests on Debian's 5.10, 6.1 and 6.12 (x86-64) and 6.1 (arm64)
+#                       cloud kernels under qemu (tools/kernels; kernels cached in TCPRTT_CACHE)
 #   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
 #                       endpoint and against a real Prometheus, privileges, config validation;
 #                       builds the collector and, once (~7-9 min cold), Prometheus
@@ -56,7 +58,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench lint
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-kernels generate bench lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -74,6 +76,13 @@ test: otelcol prometheus
 	# The sweep of every uint32 value through the bucket tables is excluded
 	# under -race (minutes there, ~20 s without).
 	$(GO) test -count=1 -run TestExhaustive ./internal/bucket/
+
+# Boots each kernel of tools/kernels/matrix under qemu (TCG) and runs the
+# loader's, the receiver's and the command's kernel tests inside; one result
+# line per kernel. KERNELS=5.10/amd64 (space-separated) runs only those.
+KERNELS ?=
+test-kernels:
+	GO=$(GO) tools/kernels/run.sh $(KERNELS)
 
 generate:
 	$(GO) generate ./bpf/

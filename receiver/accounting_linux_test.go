@@ -25,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/loader"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/receiver/internal/metadata"
 	"github.com/tcprtt/tcprtt/receiver/internal/metadatatest"
@@ -131,8 +132,9 @@ func TestAccountingIdentity(t *testing.T) {
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
-			for _, mode := range supportedModes {
+			for _, mode := range loader.AutoOrder {
 				t.Run(string(mode), func(t *testing.T) {
+					requireFlavour(t, mode)
 					s := startScraper(t, func(c *Config) { mutate(c); c.AttachMode = string(mode) })
 					for _, pair := range [][2]netip.Addr{{serverV4, clientV4}, {otherV4, clientV4}, {loopV6, loopV6}} {
 						c := tcptest.Dial(t, pair[0], pair[1])

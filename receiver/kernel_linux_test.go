@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,6 @@ import (
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver/receivertest"
-	"golang.org/x/sys/unix"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/loader"
@@ -35,9 +35,32 @@ var (
 	loopV6   = netip.IPv6Loopback()
 )
 
-// supportedModes are the flavours this kernel loads and attaches (fentry
-// is refused here, which TestFentryFallsBack covers).
-var supportedModes = []loader.Mode{loader.ModeTpBtf, loader.ModeRawTp, loader.ModeTracepoint}
+var (
+	probeMu   sync.Mutex
+	probeSeen = map[loader.Mode]error{}
+)
+
+// probed returns loader.Probe(m), once per test binary.
+func probed(m loader.Mode) error {
+	probeMu.Lock()
+	defer probeMu.Unlock()
+	err, ok := probeSeen[m]
+	if !ok {
+		err = loader.Probe(m)
+		probeSeen[m] = err
+	}
+	return err
+}
+
+// requireFlavour skips t, with the kernel's reason, if the running kernel
+// refuses flavour m (tools/kernels checks the refusals of each kernel of
+// the matrix against what it expects).
+func requireFlavour(t *testing.T, m loader.Mode) {
+	t.Helper()
+	if err := probed(m); err != nil {
+		t.Skipf("flavour %s refused by this kernel: %v", m, err)
+	}
+}
 
 // requireKernel skips (or fails under TCPRTT_REQUIRE_BPF=1) without BPF
 // and makes sure tracefs is mounted for the classic tracepoint flavour.
@@ -77,8 +100,9 @@ func clientSeries(c *tcptest.Conn) map[string]any {
 // the change of the exact sum, and its bucket from the change of counts.
 func TestRecordedSRTTMatchesTCPInfo(t *testing.T) {
 	requireKernel(t)
-	for _, mode := range supportedModes {
+	for _, mode := range loader.AutoOrder {
 		t.Run(string(mode), func(t *testing.T) {
+			requireFlavour(t, mode)
 			cfg := createDefaultConfig()
 			cfg.GroupBy = []string{"local_address", "local_port", "remote_address", "remote_port"}
 			cfg.AttachMode = string(mode)
@@ -164,8 +188,9 @@ func waitScrape(t *testing.T, sink *consumertest.MetricsSink) pmetric.Metrics {
 // attributes, and counts that grow with traffic.
 func TestReceiverGroupsAndGrows(t *testing.T) {
 	requireKernel(t)
-	for _, mode := range supportedModes {
+	for _, mode := range loader.AutoOrder {
 		t.Run(string(mode), func(t *testing.T) {
+			requireFlavour(t, mode)
 			sink := startFromFactory(t, func(c *Config) { c.AttachMode = string(mode) })
 			v4 := tcptest.Dial(t, serverV4, clientV4)
 			v6 := tcptest.Dial(t, loopV6, loopV6)
@@ -255,31 +280,42 @@ func peersOf(md pmetric.Metrics) []string {
 	return peers
 }
 
-// TestFentryFallsBack: fentry is refused on this kernel; auto must fall
-// back to the next flavour and say why, and forcing fentry must fail with
-// one clear error and leave no program loaded.
-func TestFentryFallsBack(t *testing.T) {
+// TestAutoFallsBack: auto attaches the first flavour of AutoOrder that
+// this kernel accepts and reports each one refused before it with its
+// reason; forcing a refused flavour fails with one clear error and leaves
+// no program loaded.
+func TestAutoFallsBack(t *testing.T) {
 	requireKernel(t)
 	spec, err := createDefaultConfig().loaderSpec()
 	require.NoError(t, err)
+	var refused []loader.Mode
+	for _, m := range loader.AutoOrder {
+		if probed(m) == nil {
+			break
+		}
+		refused = append(refused, m)
+	}
+	if len(refused) == 0 {
+		t.Skipf("this kernel accepts %s, the first flavour; the fallback is not exercised here", loader.AutoOrder[0])
+	}
 	before := bpfObjects(t)
 
 	tr, err := loader.Open(spec)
 	require.NoError(t, err)
 	require.NoError(t, tr.Close())
-	if tr.Mode() == loader.ModeFentry {
-		t.Skip("this kernel accepts fentry; the fallback is not exercised here")
+	require.Len(t, tr.Attempts(), len(refused), "attempts %v", tr.Attempts())
+	for i, a := range tr.Attempts() {
+		assert.Equal(t, refused[i], a.Mode)
+		var le *loader.LoadError
+		assert.True(t, errors.As(a.Err, &le), "%s: %v is not an explained refusal", a.Mode, a.Err)
 	}
-	require.NotEmpty(t, tr.Attempts())
-	assert.Equal(t, loader.ModeFentry, tr.Attempts()[0].Mode)
-	assert.ErrorIs(t, tr.Attempts()[0].Err, unix.EPERM)
-	t.Logf("auto attached %s after: %v", tr.Mode(), tr.Attempts())
+	t.Logf("auto attached %s after: %v", tr.Mode(), loader.DescribeAttempts(tr.Attempts()))
 
-	spec.Mode = loader.ModeFentry
+	spec.Mode = refused[0]
 	_, err = loader.Open(spec)
 	var attachErr *loader.AttachError
 	require.True(t, errors.As(err, &attachErr), "error %v", err)
-	assert.Contains(t, err.Error(), "fentry")
+	assert.Contains(t, err.Error(), string(refused[0])+": ")
 	assert.Contains(t, err.Error(), "CAP_BPF and CAP_PERFMON")
 	assert.Equal(t, before, bpfObjects(t), "the failed attempt left no program, map or link behind")
 }

@@ -59,7 +59,7 @@ func (m Mode) Valid() bool {
 }
 
 // Requirement is appended to the error when no flavour attaches.
-const Requirement = "tcprtt needs Linux >= 5.8 with BTF (/sys/kernel/btf/vmlinux) " +
+const Requirement = "tcprtt needs a Linux kernel with BTF (/sys/kernel/btf/vmlinux; 5.10 is the oldest tested) " +
 	"and CAP_BPF and CAP_PERFMON (or root)"
 
 // Spec is what one program instance counts and how.

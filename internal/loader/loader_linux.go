@@ -33,7 +33,10 @@ var (
 )
 
 // collectionSpec returns a private copy of the embedded program's spec.
+// Every load starts here, so it also raises RLIMIT_MEMLOCK where the
+// kernel needs it (an error there is reported if a load then fails).
 func collectionSpec() (*ebpf.CollectionSpec, error) {
+	_ = raiseMemlock()
 	parsedOnce.Do(func() { parsed, parseErr = bpf.LoadTcprtt() })
 	if parseErr != nil {
 		return nil, fmt.Errorf("parse embedded tcprtt program: %w", parseErr)
@@ -108,6 +111,13 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	if !ok {
 		return nil, fmt.Errorf("unknown attach mode %q", mode)
 	}
+	if mode == ModeTracepoint {
+		// Before loading: a program that cannot find the socket would
+		// attach and count every segment as an error.
+		if err := checkTracepointRecord(); err != nil {
+			return nil, err
+		}
+	}
 	cs, err := collectionSpec()
 	if err != nil {
 		return nil, err
@@ -123,13 +133,8 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	}
 
 	coll, err := ebpf.NewCollection(cs)
-	if errors.Is(err, unix.EPERM) {
-		// cilium/ebpf's hint about MEMLOCK does not apply to kernels with
-		// memcg accounting (5.11+); say plainly that the kernel refused.
-		return nil, fmt.Errorf("load refused by the kernel: %w", unix.EPERM)
-	}
 	if err != nil {
-		return nil, fmt.Errorf("load: %w", err)
+		return nil, explainLoad(mode, err, currentLoadEnv())
 	}
 	t := &Tracer{
 		spec:   spec,
@@ -165,6 +170,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	}
 	t.attachedAt = time.Now()
 	t.link, err = attach(mode, t.prog)
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return nil, &LoadError{Cause: CauseNoSupport, Reason: "this kernel loads but cannot attach " + mode.Hook(), Err: err}
+	}
 	if err != nil {
 		return nil, fmt.Errorf("attach: %w", err)
 	}

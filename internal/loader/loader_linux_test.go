@@ -13,7 +13,8 @@ import (
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
-// TestSocketReads checks, for every flavour this kernel attaches and for
+// TestSocketReads checks, for every flavour this kernel attaches (the
+// others skip with the kernel's reason) and for
 // both ways of reading the socket (direct loads through bpf_rdonly_cast,
 // and the BPF helpers older kernels need), that the program files each
 // sample under the socket's exact 4-tuple and records the srtt the socket's
@@ -21,14 +22,12 @@ import (
 func TestSocketReads(t *testing.T) {
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	table := testTable(t)
 	all := kmaps.GroupLocalAddress | kmaps.GroupRemoteAddress | kmaps.GroupLocalPort | kmaps.GroupRemotePort
-	for _, mode := range []Mode{ModeTpBtf, ModeRawTp, ModeTracepoint} {
+	for _, mode := range AutoOrder {
 		for _, helpers := range []bool{false, true} {
 			t.Run(fmt.Sprintf("%s/helper_reads=%v", mode, helpers), func(t *testing.T) {
+				requireFlavour(t, mode)
 				tr, err := Open(Spec{Mode: mode, GroupBy: all, Table: table, MaxSeries: 64, HelperReads: helpers})
 				if err != nil {
 					t.Fatal(err)
@@ -85,4 +84,13 @@ func clientSeries(t *testing.T, tr *Tracer, c *tcptest.Conn) kmaps.Series {
 	}
 	t.Fatalf("no series for %s -> %s among %d", local, remote, len(snap.Series))
 	return kmaps.Series{}
+}
+
+func testTable(t *testing.T) *bucket.Table {
+	t.Helper()
+	table, err := bucket.NewTable(3, bucket.Microseconds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return table
 }

@@ -29,3 +29,6 @@ func (*Tracer) Close() error                          { return nil }
 
 // PossibleCPUs is the number of CPUs per-CPU maps would be sized for.
 func PossibleCPUs() int { return runtime.NumCPU() }
+
+// Probe always fails outside Linux.
+func Probe(Mode) error { return ErrNotLinux }
