@@ -22,7 +22,7 @@ import (
 // A fleet end to end (TestGateway, TestBackendOutage, TestRestarts): agents
 // (otelcol-tcprtt with the tcprtt receiver, each with its own host identity
 // and its own loopback pair) export OTLP/HTTP to a gateway collector running
-// the shipped deploy/gateway/config.yaml (otlp receiver → deltatocumulative →
+// the shipped deploy/gateway/config.yaml (otlp receiver → delta_to_cumulative →
 // batch → otlp_http), which writes to a real Prometheus. Every agent also
 // exports to its own in-process sink, so the test knows each agent's own
 // points. The agents' exporter to the gateway takes its retry and queue
