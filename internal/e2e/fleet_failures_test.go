@@ -110,32 +110,58 @@ func TestRestarts(t *testing.T) {
 	f.stopAgents(t)
 	waitSamplesStored(t, f)
 
-	resets := queryVector(t, f.prom, "resets("+promMetric+"["+promWindow+"])")
-	increase := queryVector(t, f.prom, "histogram_count(increase("+promMetric+"["+promWindow+"]))")
+	// increase() extrapolates to the end of the range by half the average
+	// interval once the last sample is more than 1.1 intervals old: query
+	// after that, so that its figure can be computed exactly.
+	var lastSample time.Time
+	maxAvg := 0.0
 	for _, a := range f.agents {
-		for peer := range a.peers() {
-			points := peerPoints(t, a.sink)[peer]
+		for _, points := range peerPoints(t, a.sink) {
+			first, last := points[0].Timestamp().AsTime(), points[len(points)-1].Timestamp().AsTime()
+			lastSample = maxTime(lastSample, last)
+			maxAvg = max(maxAvg, last.Sub(first).Seconds()/float64(len(points)-1))
+		}
+	}
+	time.Sleep(time.Until(lastSample.Add(time.Duration((1.1*maxAvg + 0.5) * float64(time.Second)))))
+
+	resets := queryVector(t, f.prom, "resets("+promMetric+"["+promWindow+"])")
+	increaseQuery := "histogram_count(increase(" + promMetric + "[" + promWindow + "]))"
+	increase := queryVector(t, f.prom, increaseQuery)
+	countedBy := map[string]uint64{}
+	for _, a := range f.agents {
+		for peer, points := range peerPoints(t, a.sink) {
 			first, last := points[0], points[len(points)-1]
-			sent := last.Count()
+			var inDowntime int
+			for _, dp := range points {
+				if ts := dp.Timestamp().AsTime(); ts.After(down) && ts.Before(up) {
+					inDowntime++
+				}
+			}
+			assert.Positive(t, inDowntime, "points of peer %s taken while the gateway was down", peer)
+			counted := last.Count() // the samples the agent counted, over its runs
 			wantResets := 0.0
 			if a == restarted {
 				old := oldRun[peer]
 				oldFinal := old[len(old)-1]
 				assert.Greater(t, last.StartTimestamp(), oldFinal.StartTimestamp(), "start time of peer %s after the restart", peer)
-				sent += oldFinal.Count()
+				counted += oldFinal.Count()
 				wantResets = 1
-				t.Logf("peer %s (%s, restarted): old run start %s final count %d, new run start %s final count %d",
+				t.Logf("peer %s (%s, restarted): old run start %s, final count %d; new run start %s, final count %d",
 					peer, a.peers()[peer], oldFinal.StartTimestamp().AsTime().Format(time.StampMilli), oldFinal.Count(),
 					last.StartTimestamp().AsTime().Format(time.StampMilli), last.Count())
 			}
-			// increase() counts from the first sample and extrapolates to
-			// the edges of the range by half an interval at most, each side.
-			ratio := increase[peer] / float64(sent)
-			t.Logf("peer %s (%s): samples counted %d (first point %d), resets()=%g | PromQL histogram_count(increase(%s[%s])) = %.1f (%.3f of the samples counted)",
-				peer, a.peers()[peer], sent, first.Count(), resets[peer], promMetric, promWindow, increase[peer], ratio)
+			countedBy[peer] = counted
+			want := expectedIncrease(points, counted)
+			t.Logf("peer %s (%s): %d points, %d while the gateway was down; samples counted %d (first point %d), resets()=%g | PromQL %s = %.1f, %.3f of the samples counted (Prometheus' extrapolation of them: %.1f)",
+				peer, a.peers()[peer], len(points), inDowntime, counted, first.Count(), resets[peer], increaseQuery, increase[peer], increase[peer]/float64(counted), want)
 			assert.Equal(t, wantResets, resets[peer], "resets() of peer %s", peer)
-			assert.InDelta(t, 1, ratio, 0.15, "increase() of peer %s over the samples counted", peer)
+			assert.InEpsilon(t, want, increase[peer], 1e-6, "%s for peer %s", increaseQuery, peer)
 		}
+		// Each round trip is at least one segment received on each side:
+		// the round trips the agent did not count are what a restart loses.
+		client := a.server.String() // the peer of the client socket
+		t.Logf("%s: %d round trips made, %d samples counted on the client side: %d not counted",
+			a.name, f.rounds[a.name], countedBy[client], int64(f.rounds[a.name])-int64(countedBy[client]))
 	}
 	f.gateway.stop(t)
 	f.prom.stop(t)
@@ -199,4 +225,31 @@ func waitSamplesStored(t *testing.T, f *fleet) map[string]int {
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
+}
+
+// expectedIncrease is what increase() over a range that starts long before
+// a series and ends more than 1.1 intervals after its last sample makes of
+// the series' points, counted samples in all (its runs added up across
+// resets): it counts from the first sample, so without the first point's
+// samples, and extrapolates that over the sampled interval S (between the
+// first and the last sample) by half the average interval at the end, and
+// at the start by half the average interval or, if shorter, the time to
+// where the count would have been zero.
+func expectedIncrease(points []pmetric.ExponentialHistogramDataPoint, counted uint64) float64 {
+	ms := func(dp pmetric.ExponentialHistogramDataPoint) float64 {
+		return float64(dp.Timestamp().AsTime().UnixMilli()) / 1e3 // Prometheus' timestamps
+	}
+	first, last := points[0], points[len(points)-1]
+	sampled := ms(last) - ms(first)
+	avg := sampled / float64(len(points)-1)
+	increase := float64(counted - first.Count())
+	toStart := min(avg/2, sampled*float64(first.Count())/increase)
+	return increase * (sampled + toStart + avg/2) / sampled
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

@@ -76,6 +76,7 @@ type fleet struct {
 	gwCfg   string
 	gwEnv   []string
 	agents  []*agent
+	rounds  map[string]int // round trips of each agent's traffic, once stopped
 }
 
 // startFleet starts Prometheus (no feature flags), the gateway and one agent
@@ -87,7 +88,7 @@ func startFleet(t *testing.T, specs ...agentSpec) *fleet {
 	}
 	testenv.RequireBPF(t)
 	promBin := prometheusBinary(t)
-	f := &fleet{bin: collectorBinary(t)}
+	f := &fleet{bin: collectorBinary(t), rounds: map[string]int{}}
 	f.prom = startPrometheus(t, promBin)
 
 	f.gwAddr = freeLoopbackAddr(t)
@@ -281,8 +282,8 @@ func (p *pairTraffic) finish() (int, error) {
 }
 
 // startFleetTraffic starts one connection per agent; the returned function
-// stops them all, requires that they made round trips without error and
-// returns when they stopped.
+// stops them all, requires that they made round trips without error, keeps
+// their number in f.rounds and returns when they stopped.
 func startFleetTraffic(t *testing.T, f *fleet) func() time.Time {
 	t.Helper()
 	var ts []*pairTraffic
@@ -295,6 +296,7 @@ func startFleetTraffic(t *testing.T, f *fleet) func() time.Time {
 			require.NoError(t, err, "traffic of %s", f.agents[i].name)
 			require.Positive(t, rounds, "round trips of %s", f.agents[i].name)
 			t.Logf("traffic of %s: %d round trips", f.agents[i].name, rounds)
+			f.rounds[f.agents[i].name] = rounds
 		}
 		return time.Now()
 	}
