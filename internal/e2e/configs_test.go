@@ -214,18 +214,20 @@ var hostIdentity = []string{"service.name", "service.instance.id", "host.name"}
 var otlpExporterTypes = map[string]bool{"otlp": true, "otlp_grpc": true, "otlp_http": true, "otlphttp": true}
 
 // hostIdentityExempt holds the prefixes of config names that need not name
-// their host: README's minimal config, kept bare (docs/prometheus.md and
-// testdata/examples have the complete ones).
+// their host nor ride out outages: README's minimal config, kept bare
+// (docs/prometheus.md and testdata/examples have the complete ones).
 var hostIdentityExempt = []string{"README.md:"}
+
+func exempt(c shippedConfig) bool {
+	return slices.ContainsFunc(hostIdentityExempt, func(p string) bool { return strings.HasPrefix(c.name, p) })
+}
 
 // checkHostIdentity checks that every metrics pipeline of c that exports
 // over OTLP runs a resource processor setting hostIdentity.
 func checkHostIdentity(t *testing.T, c shippedConfig) {
 	t.Helper()
-	for _, p := range hostIdentityExempt {
-		if strings.HasPrefix(c.name, p) {
-			return
-		}
+	if exempt(c) {
+		return
 	}
 	var cfg struct {
 		Processors map[string]struct {
@@ -275,10 +277,8 @@ func componentType(id string) string { typ, _, _ := strings.Cut(id, "/"); return
 // points.
 func checkOutageSettings(t *testing.T, c shippedConfig) {
 	t.Helper()
-	for _, p := range hostIdentityExempt {
-		if strings.HasPrefix(c.name, p) {
-			return
-		}
+	if exempt(c) {
+		return
 	}
 	var cfg struct {
 		Exporters map[string]struct {
