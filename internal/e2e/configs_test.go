@@ -25,8 +25,8 @@ import (
 // Collector configs shipped by the repository: README's examples (the
 // complete configs among its ```yaml blocks, and the files under
 // testdata/examples), the debug config, and the deploy configs
-// (deploy/systemd/config.yaml and the collector config inside
-// deploy/kubernetes/configmap.yaml). Every one must pass
+// (deploy/systemd/config.yaml, deploy/gateway/config.yaml and the collector
+// config inside deploy/kubernetes/configmap.yaml). Every one must pass
 // `otelcol-tcprtt validate` (`make validate-configs`).
 
 // shippedConfig is one collector config and the environment it expects.
@@ -60,6 +60,7 @@ func TestConfigsValidate(t *testing.T) {
 			require.NoError(t, err, "otelcol-tcprtt validate --config=%s (env %v):\n%s", c.name, env, out)
 			t.Logf("valid (env %v)", env)
 			checkHostIdentity(t, c)
+			checkOutageSettings(t, c)
 		})
 	}
 
@@ -213,18 +214,20 @@ var hostIdentity = []string{"service.name", "service.instance.id", "host.name"}
 var otlpExporterTypes = map[string]bool{"otlp": true, "otlp_grpc": true, "otlp_http": true, "otlphttp": true}
 
 // hostIdentityExempt holds the prefixes of config names that need not name
-// their host: README's minimal config, kept bare (docs/prometheus.md and
-// testdata/examples have the complete ones).
+// their host nor ride out outages: README's minimal config, kept bare
+// (docs/prometheus.md and testdata/examples have the complete ones).
 var hostIdentityExempt = []string{"README.md:"}
+
+func exempt(c shippedConfig) bool {
+	return slices.ContainsFunc(hostIdentityExempt, func(p string) bool { return strings.HasPrefix(c.name, p) })
+}
 
 // checkHostIdentity checks that every metrics pipeline of c that exports
 // over OTLP runs a resource processor setting hostIdentity.
 func checkHostIdentity(t *testing.T, c shippedConfig) {
 	t.Helper()
-	for _, p := range hostIdentityExempt {
-		if strings.HasPrefix(c.name, p) {
-			return
-		}
+	if exempt(c) {
+		return
 	}
 	var cfg struct {
 		Processors map[string]struct {
@@ -234,14 +237,16 @@ func checkHostIdentity(t *testing.T, c shippedConfig) {
 			}
 		}
 		Service struct {
-			Pipelines map[string]struct{ Processors, Exporters []string }
+			Pipelines map[string]struct{ Receivers, Processors, Exporters []string }
 		}
 	}
 	require.NoError(t, yaml.Unmarshal(c.text, &cfg))
-	componentType := func(id string) string { typ, _, _ := strings.Cut(id, "/"); return typ }
 	for name, pl := range cfg.Service.Pipelines {
 		otlp := slices.ContainsFunc(pl.Exporters, func(id string) bool { return otlpExporterTypes[componentType(id)] })
-		if componentType(name) != "metrics" || !otlp {
+		// A gateway's pipeline (deploy/gateway: no tcprtt receiver) forwards
+		// its agents' resources, which it must leave as they are.
+		tcprtt := slices.ContainsFunc(pl.Receivers, func(id string) bool { return componentType(id) == "tcprtt" })
+		if componentType(name) != "metrics" || !otlp || !tcprtt {
 			continue
 		}
 		set := map[string]string{}
@@ -259,6 +264,48 @@ func checkHostIdentity(t *testing.T, c shippedConfig) {
 			assert.Contains(t, set, k, "pipeline %s exports over OTLP but no resource processor sets %s: series of several hosts would collide", name, k)
 		}
 		t.Logf("pipeline %s names its host: %v", name, set)
+	}
+}
+
+func componentType(id string) string { typ, _, _ := strings.Cut(id, "/"); return typ }
+
+// checkOutageSettings checks that every OTLP exporter of c rides out an
+// outage of its endpoint as docs/prometheus.md ("Outages and restarts")
+// says and TestBackendOutage and TestRestarts run: retried until delivered
+// (max_elapsed_time 0), in order (one consumer: Prometheus refuses samples
+// older than the newest of their series), from a queue bounded in data
+// points.
+func checkOutageSettings(t *testing.T, c shippedConfig) {
+	t.Helper()
+	if exempt(c) {
+		return
+	}
+	var cfg struct {
+		Exporters map[string]struct {
+			Retry struct {
+				Enabled        bool
+				MaxElapsedTime string `yaml:"max_elapsed_time"`
+			} `yaml:"retry_on_failure"`
+			Queue struct {
+				Enabled      bool
+				Sizer        string
+				QueueSize    int `yaml:"queue_size"`
+				NumConsumers int `yaml:"num_consumers"`
+			} `yaml:"sending_queue"`
+		}
+	}
+	require.NoError(t, yaml.Unmarshal(c.text, &cfg))
+	for id, e := range cfg.Exporters {
+		if !otlpExporterTypes[componentType(id)] {
+			continue
+		}
+		assert.True(t, e.Retry.Enabled, "exporter %s: retry_on_failure.enabled", id)
+		assert.Equal(t, "0s", e.Retry.MaxElapsedTime, "exporter %s: retry_on_failure.max_elapsed_time (retry until delivered)", id)
+		assert.True(t, e.Queue.Enabled, "exporter %s: sending_queue.enabled", id)
+		assert.Equal(t, "items", e.Queue.Sizer, "exporter %s: sending_queue.sizer (a bound in data points)", id)
+		assert.Positive(t, e.Queue.QueueSize, "exporter %s: sending_queue.queue_size", id)
+		assert.Equal(t, 1, e.Queue.NumConsumers, "exporter %s: sending_queue.num_consumers (in order)", id)
+		t.Logf("exporter %s: retried until delivered, in order, up to %d points queued", id, e.Queue.QueueSize)
 	}
 }
 

@@ -338,6 +338,13 @@ func runSlowPair(t *testing.T, d time.Duration) (*int, <-chan error) {
 // counts stopped changing) and returns the newest point of each peer.
 func waitFinalPoints(t *testing.T, sink *otlpSink, col *collector, closed time.Time) map[string]pmetric.ExponentialHistogramDataPoint {
 	t.Helper()
+	return waitStablePoints(t, sink, col, closed, promPeers)
+}
+
+// waitStablePoints is waitFinalPoints for the peers of one collector: every
+// point the sink holds must be of one of them.
+func waitStablePoints(t *testing.T, sink *otlpSink, col *collector, closed time.Time, peers map[string]string) map[string]pmetric.ExponentialHistogramDataPoint {
+	t.Helper()
 	after := pcommon.NewTimestampFromTime(closed.Add(100 * time.Millisecond))
 	deadline := time.Now().Add(settleTimeout)
 	for {
@@ -350,8 +357,8 @@ func waitFinalPoints(t *testing.T, sink *otlpSink, col *collector, closed time.T
 					t.Errorf("%s point without %s: %v", metricName, attrPeerAddr, dp.Attributes().AsRaw())
 					return
 				}
-				if _, ours := promPeers[v.Str()]; !ours {
-					t.Errorf("%s point for %s, outside the filter %s", metricName, v.Str(), promPeerFilter)
+				if _, ours := peers[v.Str()]; !ours {
+					t.Errorf("%s point for %s, outside the collector's filter (peers %v)", metricName, v.Str(), sortedKeys(peers))
 					return
 				}
 				if dp.Timestamp() > after {
@@ -361,13 +368,13 @@ func waitFinalPoints(t *testing.T, sink *otlpSink, col *collector, closed time.T
 		}
 		require.False(t, t.Failed())
 		final := map[string]pmetric.ExponentialHistogramDataPoint{}
-		for peer := range promPeers {
+		for peer := range peers {
 			p := points[peer]
 			if n := len(p); n >= 2 && p[n-1].Count() == p[n-2].Count() && p[n-1].Count() > 0 {
 				final[peer] = p[n-1]
 			}
 		}
-		if len(final) == len(promPeers) {
+		if len(final) == len(peers) {
 			return final
 		}
 		if err := col.exited(); err != nil {
@@ -375,7 +382,7 @@ func waitFinalPoints(t *testing.T, sink *otlpSink, col *collector, closed time.T
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no stable final %s point for every peer within %s of the end of traffic; stable: %d of %d",
-				metricName, settleTimeout, len(final), len(promPeers))
+				metricName, settleTimeout, len(final), len(peers))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -392,6 +399,9 @@ func forEachPoint(md pmetric.Metrics, fn func(pmetric.ExponentialHistogramDataPo
 type prometheus struct {
 	url  string
 	proc *collector // a process with its output; the type is generic enough
+	// The command line, kept for restart: same port, same data directory.
+	bin  string
+	args []string
 }
 
 // prometheusBinary returns the Prometheus binary: TCPRTT_PROMETHEUS, or the
@@ -424,7 +434,8 @@ func prometheusBinary(t *testing.T) string {
 }
 
 // startPrometheus runs Prometheus on a free loopback port with its OTLP
-// receiver, a minimal config (no scrape jobs) and a temporary TSDB.
+// receiver, a minimal config (no scrape jobs) and a temporary TSDB, and no
+// feature flags.
 func startPrometheus(t *testing.T, bin string) *prometheus {
 	t.Helper()
 	dir := t.TempDir()
@@ -438,20 +449,20 @@ global:
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // the free port can be taken meanwhile
 		addr := freeLoopbackAddr(t)
-		proc := startProcess(t, bin,
-			"--config.file="+cfg,
-			"--storage.tsdb.path="+filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
-			"--web.listen-address="+addr,
+		args := []string{
+			"--config.file=" + cfg,
+			"--storage.tsdb.path=" + filepath.Join(dir, fmt.Sprintf("data-%d", attempt)),
+			"--web.listen-address=" + addr,
 			"--web.enable-otlp-receiver",
-		)
-		p := &prometheus{url: "http://" + addr, proc: proc}
+		}
+		p := &prometheus{url: "http://" + addr, proc: startProcess(t, bin, args...), bin: bin, args: args}
 		if lastErr = p.waitReady(promReadyTimeout); lastErr == nil {
 			t.Logf("Prometheus %s ready at %s", prometheusVersion, p.url)
 			return p
 		}
-		_ = proc.cmd.Process.Kill()
-		<-proc.done
-		t.Logf("Prometheus on %s: %v\n%s", addr, lastErr, proc.stderr.String())
+		_ = p.proc.cmd.Process.Kill()
+		<-p.proc.done
+		t.Logf("Prometheus on %s: %v\n%s", addr, lastErr, p.proc.stderr.String())
 	}
 	t.Fatalf("Prometheus did not start: %v", lastErr)
 	return nil
@@ -485,6 +496,14 @@ func (p *prometheus) waitReady(timeout time.Duration) error {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// restart starts Prometheus again after stop, on the same port and data
+// directory: it replays its write-ahead log, so it holds what it had.
+func (p *prometheus) restart(t *testing.T) {
+	t.Helper()
+	p.proc = startProcess(t, p.bin, p.args...)
+	require.NoError(t, p.waitReady(promReadyTimeout), "Prometheus restart (%s):\n%s", p.url, p.proc.stderr.String())
 }
 
 func (p *prometheus) stop(t *testing.T) {
@@ -560,6 +579,13 @@ func (p *prometheus) query(ctx context.Context, q string) (*promResponse, error)
 // queryVector runs a query whose result is one float per peer.
 func queryVector(t *testing.T, p *prometheus, q string) map[string]float64 {
 	t.Helper()
+	return queryBy(t, p, q, promPeerLabel)
+}
+
+// queryBy runs a query whose result is one float per value of label ("" for
+// a result without it: an aggregate over every series, say).
+func queryBy(t *testing.T, p *prometheus, q, label string) map[string]float64 {
+	t.Helper()
 	r, err := p.query(t.Context(), q)
 	require.NoError(t, err, "PromQL %s", q)
 	if len(r.Warnings)+len(r.Infos) > 0 {
@@ -567,13 +593,13 @@ func queryVector(t *testing.T, p *prometheus, q string) map[string]float64 {
 	}
 	out := map[string]float64{}
 	for _, s := range r.Data.Result {
-		peer := s.Metric[promPeerLabel]
+		key := s.Metric[label]
 		require.NotNil(t, s.Value, "PromQL %s: sample %v has no float value", q, s.Metric)
 		v, err := parseQuoted(s.Value[1])
 		require.NoError(t, err, "PromQL %s: value of %v", q, s.Metric)
-		_, dup := out[peer]
-		require.False(t, dup, "PromQL %s: two results for %s=%q", q, promPeerLabel, peer)
-		out[peer] = v
+		_, dup := out[key]
+		require.False(t, dup, "PromQL %s: two results for %s=%q", q, label, key)
+		out[key] = v
 	}
 	return out
 }
