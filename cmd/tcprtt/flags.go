@@ -124,8 +124,8 @@ Exit status: 0 when done or interrupted (Ctrl-C/SIGTERM prints the last,
 partial interval first), 1 when the program cannot be loaded or read (for
 example without privileges), 2 for a bad command line.
 
-Needs Linux >= 5.8 with BTF (/sys/kernel/btf/vmlinux) and CAP_BPF and
-CAP_PERFMON (or root).
+Needs a Linux kernel with BTF (/sys/kernel/btf/vmlinux; 5.10 is the oldest
+tested) and CAP_BPF and CAP_PERFMON (or root).
 `
 
 // usage returns the help text.
