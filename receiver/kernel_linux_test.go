@@ -289,14 +289,14 @@ func TestAutoFallsBack(t *testing.T) {
 	spec, err := createDefaultConfig().loaderSpec()
 	require.NoError(t, err)
 	var refused []loader.Mode
-	for _, m := range loader.AutoOrder {
+	for _, m := range loader.AutoModes() {
 		if probed(m) == nil {
 			break
 		}
 		refused = append(refused, m)
 	}
 	if len(refused) == 0 {
-		t.Skipf("this kernel accepts %s, the first flavour; the fallback is not exercised here", loader.AutoOrder[0])
+		t.Skipf("this kernel accepts %s, the first flavour; the fallback is not exercised here", loader.AutoModes()[0])
 	}
 	before := bpfObjects(t)
 

@@ -45,7 +45,7 @@ func TestFlavours(t *testing.T) {
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
 	first := Mode("")
-	for _, m := range AutoOrder {
+	for _, m := range AutoModes() {
 		err := probed(m)
 		if err == nil {
 			t.Logf("tcprtt-flavour %s attached", m)
@@ -78,7 +78,7 @@ func TestFlavours(t *testing.T) {
 }
 
 func indexOf(m Mode) int {
-	for i, v := range AutoOrder {
+	for i, v := range AutoModes() {
 		if v == m {
 			return i
 		}

@@ -29,6 +29,20 @@ const (
 // raw_tp and the classic tracepoint resolve it on every segment.
 var AutoOrder = []Mode{ModeFentry, ModeTpBtf, ModeRawTp, ModeTracepoint}
 
+// OrderFor is the order ModeAuto tries the flavours in on a kernel of
+// release (uname -r). Before 5.11 raw_tp comes first: on Debian 11's
+// 5.10.0-46, several fentry programs attached to tcp_rcv_established at
+// once (tcprtt started in parallel) left every CPU in soft lockups in the
+// kernel matrix, while raw_tp did not; fentry and tp_btf stay available
+// when forced (and are measured there one at a time).
+func OrderFor(release string) []Mode {
+	var major, minor int
+	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err == nil && (major < 5 || major == 5 && minor < 11) {
+		return []Mode{ModeRawTp, ModeTpBtf, ModeFentry, ModeTracepoint}
+	}
+	return AutoOrder
+}
+
 // Modes lists every valid Mode, for validation and docs.
 func Modes() []Mode { return append([]Mode{ModeAuto}, AutoOrder...) }
 

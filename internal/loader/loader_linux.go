@@ -92,7 +92,7 @@ func Open(spec Spec) (*Tracer, error) {
 	}
 	modes := []Mode{spec.Mode}
 	if spec.Mode == ModeAuto || spec.Mode == "" {
-		modes = AutoOrder
+		modes = AutoModes()
 	}
 	var attempts []Attempt
 	for _, m := range modes {
@@ -370,4 +370,14 @@ func effectiveCapabilities() (uint64, error) {
 		return 0, err
 	}
 	return uint64(data[0].Effective) | uint64(data[1].Effective)<<32, nil
+}
+
+// AutoModes is the order ModeAuto tries the flavours in on this kernel
+// (OrderFor its release).
+func AutoModes() []Mode {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return AutoOrder
+	}
+	return OrderFor(unix.ByteSliceToString(u.Release[:]))
 }
