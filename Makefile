@@ -6,7 +6,10 @@
 #   make test           gofmt and go vet checks, then go test -race on every package (kernel and
 #                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
-#   make bench          per-event cost, throughput, kernel memory and scrape benchmarks (as root)
+#   make bench          per-event cost (tcprtt side by side with an empty and a reference-style
+#                       program), throughput, kernel memory and scrape benchmarks (as root);
+#                       BENCH_FLAGS passes flags to benchtool (go run ./internal/benchtool -h)
+#   make bench-variants what each part of the per-segment path costs (benchmark-only variants)
 #   make lint           staticcheck
 #   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
 #                       endpoint and against a real Prometheus, privileges, config validation;
@@ -56,7 +59,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench lint
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test generate bench bench-variants lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -83,12 +86,15 @@ STATICCHECK_VERSION ?= v0.7.0
 lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-# Cost of the program and the receiver (as root, on a quiet machine): per-event
-# run time vs an empty program, throughput A/B, kernel memory; then the scrape
-# benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap.
+# Cost of the program and the receiver (as root): per-event run time side by
+# side with the empty and the reference-style program (bpf/bench.bpf.c) in
+# every attach order over several rounds, throughput A/B, kernel memory, a
+# summary table (build/bench.txt); then the scrape benchmarks (read vs
+# read+convert, 100/1k/10k series) and receiver heap.
+BENCH_FLAGS ?=
 bench:
 	@mkdir -p build
-	$(GO) run ./internal/benchtool
+	bash -o pipefail -c '$(GO) run ./internal/benchtool $(BENCH_FLAGS) | tee build/bench.txt'
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./internal/loader/ ./internal/convert/ | tee build/bench-go.txt
 	@awk '/^BenchmarkRead\/series=/ { split($$1, a, "[=-]"); r[a[2]] = $$3 } \
 	     /^BenchmarkScrape\/series=/ { split($$1, a, "[=-]"); s[a[2]] = $$3 } \
@@ -97,6 +103,12 @@ bench:
 	           for (i = 1; i <= n; i++) { k = sizes[i]; \
 	               printf "   %5d series: read %11d  scrape %11d  ratio %.2f  (%.0f ns/series)\n", \
 	                   k, r[k], s[k], s[k] / r[k], s[k] / k } }' build/bench-go.txt
+
+# The cost of each part of tcprtt's per-segment path on this host, as
+# benchmark-only variants of it (bench_variant in bpf/bench.bpf.c).
+bench-variants:
+	@mkdir -p build
+	bash -o pipefail -c '$(GO) run ./internal/benchtool -sections variants $(BENCH_FLAGS) | tee build/bench-variants.txt'
 
 e2e: otelcol prometheus
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
