@@ -96,6 +96,7 @@ const (
 	vNoTable   = 1 << 6
 	vPercpuRow = 1 << 7
 	vSkCounts  = 1 << 8
+	vAddrRow   = 1 << 9
 )
 
 // variantRows is the number of rows of a variant's maps; series are

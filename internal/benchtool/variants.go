@@ -33,6 +33,9 @@ var variants = []variant{
 	{name: "A: - generation, bucket+sum on one row line", flags: vNoGen | vSumInRow | vOneLine},
 	{name: "B: - generation, bucket on one line, per-CPU sum", flags: vNoGen | vOneLine},
 	{name: "C: - generation, per-CPU row, per-CPU sum", flags: vNoGen | vPercpuRow},
+	{name: "D: no sk_storage, row by address hash, key+bucket+sum on one line", flags: vAddrRow | vNoGen | vSumInRow | vOneLine},
+	{name: "D': as D, per-CPU sum", flags: vAddrRow | vNoGen | vOneLine},
+	{name: "sk_storage lookup only", flags: vNoGen | vNoSum | vNoBucket},
 	{name: "counts in the socket's storage only", flags: vSkCounts},
 	{name: "floor: srtt + table read only", flags: vDirect | vNoGen | vNoSum | vNoBucket},
 }
