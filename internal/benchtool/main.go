@@ -30,8 +30,8 @@ func main() {
 	events := flag.Int("round-trips", 20000, "request/response round trips per per-event measurement")
 	rounds := flag.Int("rounds", 5, "rounds of the per-event measurement (each over every attach order)")
 	heavyRounds := flag.Int("heavy-rounds", 2, "rounds of the per-event measurement of the heavy config")
-	tpRuns := flag.Int("throughput-runs", 20, "A/B pairs of the throughput measurement")
-	tpTime := flag.Duration("throughput-time", 500*time.Millisecond, "duration of one throughput run")
+	tpRuns := flag.Int("throughput-runs", 40, "rotating triples (none, tcprtt, empty program) of the throughput measurement")
+	tpTime := flag.Duration("throughput-time", 250*time.Millisecond, "duration of one throughput run")
 	tpSpec := flag.String("throughput-config", "default", "configuration for the throughput runs: default, heavy, or empty (the do-nothing program)")
 	sections := flag.String("sections", "per-event,throughput,memory", "comma-separated sections to run: per-event, throughput, memory, variants")
 	flag.Parse()
@@ -73,7 +73,7 @@ func main() {
 
 	if want["throughput"] && *tpRuns > 0 {
 		fmt.Println("\n2. Throughput: loopback request/response transactions per second")
-		rep.throughput = throughput(*tpSpec, *tpRuns, *tpTime)
+		rep.throughput, rep.throughputEmpty = throughput(*tpSpec, *tpRuns, *tpTime)
 		rep.throughputConfig = *tpSpec
 	}
 

@@ -71,26 +71,32 @@ func drive(conns int, stop func(*atomic.Int64) bool) float64 {
 	return float64(done.Load()) / time.Since(start).Seconds()
 }
 
-// throughput alternates runs without and with the receiver's program
-// attached, in ABBA order so that a drift of the machine's speed cancels
-// out, and reports the medians and the median of the per-pair ratios,
-// which it returns.
-func throughput(config string, runs int, d time.Duration) float64 {
+// throughput measures loopback request/response throughput without any
+// program, with the receiver's program (config) and with the empty
+// program alone, in rotating order so that a drift of the machine's speed
+// falls on every arm alike. Each triple of runs gives the ratios
+// with/without and empty/without; it prints their medians and ranges and
+// returns the median with/without. The empty program's ratio is the hook's
+// own cost plus the host's noise: what tcprtt's ratio can be compared with.
+func throughput(config string, runs int, d time.Duration) (withRatio, emptyRatio float64) {
 	const conns = 4
 	timed := func() float64 {
 		deadline := time.Now().Add(d)
 		return drive(conns, func(*atomic.Int64) bool { return time.Now().After(deadline) })
 	}
+	withEmpty := func() float64 {
+		p := emptyProgram()
+		defer p.Close()
+		l, err := link.AttachTracing(link.TracingOptions{Program: p})
+		if err != nil {
+			fail("attach empty program: %v", err)
+		}
+		defer l.Close()
+		return timed()
+	}
 	withTcprtt := func() float64 {
 		if config == "empty" {
-			p := emptyProgram()
-			defer p.Close()
-			l, err := link.AttachTracing(link.TracingOptions{Program: p})
-			if err != nil {
-				fail("attach empty program: %v", err)
-			}
-			defer l.Close()
-			return timed()
+			return withEmpty()
 		}
 		spec := defaultSpec()
 		if config == "heavy" {
@@ -103,30 +109,25 @@ func throughput(config string, runs int, d time.Duration) float64 {
 		defer t.Close()
 		return timed()
 	}
-	var without, with, ratios []float64
+	arms := []func() float64{timed, withTcprtt, withEmpty}
+	tx := make([][]float64, len(arms))
+	var ratios, emptyRatios []float64
 	for i := range runs {
-		var a, b float64
-		if i%2 == 0 {
-			a = timed()
-			b = withTcprtt()
-		} else {
-			b = withTcprtt()
-			a = timed()
+		got := make([]float64, len(arms))
+		for _, a := range rotations(len(arms))[i%len(arms)] {
+			got[a] = arms[a]()
+			tx[a] = append(tx[a], got[a])
 		}
-		without, with, ratios = append(without, a), append(with, b), append(ratios, b/a)
+		ratios, emptyRatios = append(ratios, got[1]/got[0]), append(emptyRatios, got[2]/got[0])
 	}
-	fmt.Printf("   %s config, %d connections, %d ABBA pairs of %s runs\n", config, conns, runs, d)
-	fmt.Printf("   without tcprtt: median %8.0f tx/s  (runs %v)\n", median(without), rounded(without))
-	fmt.Printf("   with tcprtt:    median %8.0f tx/s  (runs %v)\n", median(with), rounded(with))
-	fmt.Printf("   ratio with/without: %.3f (median of pair ratios; ratio of medians %.3f; pair ratios %.3f–%.3f)\n",
-		median(ratios), median(with)/median(without), slices.Min(ratios), slices.Max(ratios))
-	return median(ratios)
-}
-
-func rounded(v []float64) []int {
-	out := make([]int, len(v))
-	for i, x := range v {
-		out[i] = int(x)
-	}
-	return out
+	fmt.Printf("   %s config, %d connections, %d rotating triples of %s runs (none, tcprtt, empty program)\n", config, conns, runs, d)
+	fmt.Printf("   without a program: median %8.0f tx/s\n", median(tx[0]))
+	fmt.Printf("   with tcprtt:       median %8.0f tx/s\n", median(tx[1]))
+	fmt.Printf("   with empty:        median %8.0f tx/s\n", median(tx[2]))
+	fmt.Printf("   ratio with/without: %.3f (median of per-triple ratios, range %.3f–%.3f; ratio of medians %.3f)\n",
+		median(ratios), slices.Min(ratios), slices.Max(ratios), median(tx[1])/median(tx[0]))
+	fmt.Printf("   ratio empty/without: %.3f (range %.3f–%.3f): the hook alone and the host's noise\n",
+		median(emptyRatios), slices.Min(emptyRatios), slices.Max(emptyRatios))
+	fmt.Printf("   summary throughput with/without=%.3f empty/without=%.3f\n", median(ratios), median(emptyRatios))
+	return median(ratios), median(emptyRatios)
 }
