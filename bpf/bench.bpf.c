@@ -192,6 +192,7 @@ int BPF_PROG(bench_reference, struct sock *sk)
 #define V_ADDR_ROW (1 << 9)   // no socket storage: the row is found by a hash of the remote (v4)
                               // address, and its word 0 holds the address (claimed on first
                               // sight) instead of a generation: the key check is the validity check
+#define V_SMALL_SK (1 << 10)  // socket storage value of 8 bytes, as tcprtt's series_ref
 
 #define ROW_GENERATION 0
 #define ROW_SUM 1 // only with V_SUM_IN_ROW
@@ -213,6 +214,11 @@ struct vref {
 	__u32 slot;
 	__u32 generation;
 	__u64 counts[7]; // V_SK_COUNTS only; makes the value one 64-byte line
+};
+
+struct sref {
+	__u32 slot;
+	__u32 generation;
 };
 
 struct row {
@@ -257,6 +263,13 @@ struct {
 	__type(value, struct vref);
 } variant_sk SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sref);
+} variant_sk8 SEC(".maps");
+
 #define V(flag) (cfg_variant & (flag))
 
 static __always_inline __u32 bucket_position(__u32 raw)
@@ -281,13 +294,13 @@ static __always_inline __u64 *row_word(__u32 slot, __u32 word)
 	return bpf_map_lookup_elem(&variant_counts, &i);
 }
 
-// variant_series finds the series of a socket seen for the first time.
-static __always_inline struct vref *variant_series(struct sock *sk)
+// variant_slot finds the series of a socket seen for the first time by
+// its remote address, giving it the next slot on first sight.
+static __always_inline int variant_slot(struct sock *sk, __u32 *slot)
 {
 	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
 	struct hist_key key = {};
-	struct vref ref = {};
-	__u32 *found, slot;
+	__u32 *found, next;
 
 	key.family = s->__sk_common.skc_family;
 	if (key.family == AF_INET6)
@@ -295,18 +308,15 @@ static __always_inline struct vref *variant_series(struct sock *sk)
 	else
 		__builtin_memcpy(key.addr, &s->__sk_common.skc_daddr, 4);
 	found = bpf_map_lookup_elem(&variant_index, &key);
-	if (found) {
-		slot = *found;
-	} else {
-		slot = __sync_fetch_and_add(&variant_next_slot, 1);
-		bpf_map_update_elem(&variant_index, &key, &slot, BPF_NOEXIST);
+	if (!found) {
+		next = __sync_fetch_and_add(&variant_next_slot, 1);
+		bpf_map_update_elem(&variant_index, &key, &next, BPF_NOEXIST);
 		found = bpf_map_lookup_elem(&variant_index, &key);
 		if (!found)
-			return 0;
-		slot = *found;
+			return -1;
 	}
-	ref.slot = slot;
-	return bpf_sk_storage_get(&variant_sk, sk, &ref, BPF_SK_STORAGE_GET_F_CREATE);
+	*slot = *found;
+	return 0;
 }
 
 SEC("tp_btf/tcp_probe")
@@ -333,10 +343,30 @@ int BPF_PROG(bench_variant, struct sock *sk)
 		if (*w != daddr + 1 && __sync_val_compare_and_swap(w, 0, daddr + 1) != 0 && *w != daddr + 1)
 			return 0; // taken by another address: tcprtt would probe on
 		cached = &direct;
+	} else if (V(V_SMALL_SK)) {
+		struct sref *r = bpf_sk_storage_get(&variant_sk8, sk, 0, 0);
+
+		if (!r) {
+			struct sref init = {};
+
+			if (variant_slot(sk, &init.slot))
+				return 0;
+			r = bpf_sk_storage_get(&variant_sk8, sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+			if (!r)
+				return 0;
+		}
+		direct.slot = r->slot;
+		direct.generation = r->generation;
+		cached = &direct;
 	} else {
 		cached = bpf_sk_storage_get(&variant_sk, sk, 0, 0);
-		if (!cached)
-			cached = variant_series(sk);
+		if (!cached) {
+			struct vref init = {};
+
+			if (variant_slot(sk, &init.slot))
+				return 0;
+			cached = bpf_sk_storage_get(&variant_sk, sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
+		}
 		if (!cached)
 			return 0;
 	}

@@ -38,6 +38,12 @@ type BenchRow struct {
 	W [264]uint64
 }
 
+type BenchSref struct {
+	_          structs.HostLayout
+	Slot       uint32
+	Generation uint32
+}
+
 type BenchVref struct {
 	_          structs.HostLayout
 	Slot       uint32
@@ -54,6 +60,7 @@ const (
 	BenchMapVariantIndex    = "variant_index"
 	BenchMapVariantPcounts  = "variant_pcounts"
 	BenchMapVariantSk       = "variant_sk"
+	BenchMapVariantSk8      = "variant_sk8"
 	BenchMapVariantSums     = "variant_sums"
 	BenchProgBenchEmpty     = "bench_empty"
 	BenchProgBenchReference = "bench_reference"
@@ -122,6 +129,7 @@ type BenchMapSpecs struct {
 	VariantIndex   *ebpf.MapSpec `ebpf:"variant_index"`
 	VariantPcounts *ebpf.MapSpec `ebpf:"variant_pcounts"`
 	VariantSk      *ebpf.MapSpec `ebpf:"variant_sk"`
+	VariantSk8     *ebpf.MapSpec `ebpf:"variant_sk8"`
 	VariantSums    *ebpf.MapSpec `ebpf:"variant_sums"`
 }
 
@@ -162,6 +170,7 @@ type BenchMaps struct {
 	VariantIndex   *ebpf.Map `ebpf:"variant_index"`
 	VariantPcounts *ebpf.Map `ebpf:"variant_pcounts"`
 	VariantSk      *ebpf.Map `ebpf:"variant_sk"`
+	VariantSk8     *ebpf.Map `ebpf:"variant_sk8"`
 	VariantSums    *ebpf.Map `ebpf:"variant_sums"`
 }
 
@@ -172,6 +181,7 @@ func (m *BenchMaps) Close() error {
 		m.VariantIndex,
 		m.VariantPcounts,
 		m.VariantSk,
+		m.VariantSk8,
 		m.VariantSums,
 	)
 }

@@ -97,6 +97,7 @@ const (
 	vPercpuRow = 1 << 7
 	vSkCounts  = 1 << 8
 	vAddrRow   = 1 << 9
+	vSmallSk   = 1 << 10
 )
 
 // variantRows is the number of rows of a variant's maps; series are

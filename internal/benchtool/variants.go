@@ -22,6 +22,7 @@ var variants = []variant{
 	{name: "tcprtt_tp_btf (the product, default config)"},
 	{name: "reference with direct reads (bpf_rdonly_cast)", load: func() *ebpf.Program { return referenceProgram(true) }},
 	{name: "today: sk_storage, generation, bucket, per-CPU sum", flags: 0},
+	{name: "today, 8-byte sk_storage value (as tcprtt's)", flags: vSmallSk},
 	{name: "- generation check", flags: vNoGen},
 	{name: "- per-CPU sum", flags: vNoSum},
 	{name: "sum as atomic add in the row (generation's line)", flags: vSumInRow},
