@@ -33,6 +33,7 @@ func main() {
 	tpRuns := flag.Int("throughput-runs", 40, "rotating triples (none, tcprtt, empty program) of the throughput measurement")
 	tpTime := flag.Duration("throughput-time", 250*time.Millisecond, "duration of one throughput run")
 	tpSpec := flag.String("throughput-config", "default", "configuration for the throughput runs: default, heavy, or empty (the do-nothing program)")
+	only := flag.String("variants", "", "with -sections variants: measure only the variants whose name matches this regular expression")
 	sections := flag.String("sections", "per-event,throughput,memory", "comma-separated sections to run: per-event, throughput, memory, variants")
 	flag.Parse()
 	want := map[string]bool{}
@@ -64,7 +65,7 @@ func main() {
 		}
 		if want["variants"] {
 			fmt.Println("\n5. Cost of the parts of the per-segment path (bench_variant, each side by side with empty and reference)")
-			variantCosts(*events/2, *rounds)
+			variantCosts(*events/2, *rounds, *only)
 		}
 		// Run statistics cost two clock reads per run: keep them off for
 		// the throughput measurement.

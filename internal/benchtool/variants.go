@@ -4,6 +4,7 @@ package main
 
 import (
 	"fmt"
+	"regexp"
 
 	"github.com/cilium/ebpf"
 )
@@ -15,13 +16,15 @@ type variant struct {
 	flags uint32
 	// Programs other than bench_variant (the product, the reference with
 	// direct reads) are measured the same way for comparison.
-	load func() *ebpf.Program
+	load    func() *ebpf.Program
+	product bool // tcprtt_tp_btf itself, loaded by the loader
 }
 
-var variants = []variant{
-	{name: "tcprtt_tp_btf (the product, default config)"},
+// allVariants starts with today's path, the baseline.
+var allVariants = []variant{
+	{name: "today: sk_storage, generation, bucket, per-CPU sum"},
+	{name: "tcprtt_tp_btf (the product, default config)", product: true},
 	{name: "reference with direct reads (bpf_rdonly_cast)", load: func() *ebpf.Program { return referenceProgram(true) }},
-	{name: "today: sk_storage, generation, bucket, per-CPU sum", flags: 0},
 	{name: "today, 8-byte sk_storage value (as tcprtt's)", flags: vSmallSk},
 	{name: "- generation check", flags: vNoGen},
 	{name: "- per-CPU sum", flags: vNoSum},
@@ -46,7 +49,19 @@ var variants = []variant{
 // once) for several rounds, and prints per variant the medians over
 // rounds of its run time, its ratios to both, and its cost above the
 // empty program relative to today's path.
-func variantCosts(roundTrips, rounds int) {
+func variantCosts(roundTrips, rounds int, only string) {
+	re, err := regexp.Compile(only)
+	if err != nil {
+		fail("-variants: %v", err)
+	}
+	// Today's path (no flags) is the baseline of "vs today's path": always
+	// measured, first in the list.
+	variants := allVariants[:1]
+	for _, v := range allVariants[1:] {
+		if re.MatchString(v.name) {
+			variants = append(variants, v)
+		}
+	}
 	empty, ref := emptyProgram(), referenceProgram(false)
 	defer empty.Close()
 	defer ref.Close()
@@ -61,7 +76,7 @@ func variantCosts(roundTrips, rounds int) {
 			switch {
 			case v.load != nil:
 				p = v.load()
-			case vi == 0:
+			case v.product:
 				c = tcprttContender("tcprtt", defaultSpec())
 			default:
 				p = variantProgram(v.flags)
@@ -88,7 +103,7 @@ func variantCosts(roundTrips, rounds int) {
 			fmt.Printf("     round %d  %-52s %6.1f ns/run  empty %6.1f  reference %6.1f\n", r+1, v.name, x, e, rf)
 		}
 	}
-	const today = 2
+	const today = 0
 	fmt.Printf("\n   variant costs over %d rounds, median (min–max); \"above empty\" = variant − empty in the same batch\n\n", rounds)
 	fmt.Println("| variant | ns/run | above empty, ns | vs today's path, ns | / empty | / reference |")
 	fmt.Println("|---|---|---|---|---|---|")
