@@ -6,7 +6,10 @@
 #   make test           gofmt and go vet checks, then go test -race on every package (kernel and
 #                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
-#   make bench          per-event cost, throughput, kernel memory and scrape benchmarks (as root)
+#   make bench          per-event cost (tcprtt side by side with an empty and a reference-style
+#                       program), throughput, kernel memory and scrape benchmarks (as root);
+#                       BENCH_FLAGS passes flags to benchtool (go run ./internal/benchtool -h)
+#   make bench-variants what each part of the per-segment path costs (benchmark-only variants)
 #   make lint           staticcheck
 #   make test-kernels   the kernel tests on Debian's 5.10, 6.1 and 6.12 (x86-64) and 6.1 (arm64)
 #                       cloud kernels under qemu (tools/kernels; kernels cached in TCPRTT_CACHE)
@@ -58,7 +61,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-kernels generate bench lint
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-kernels generate bench bench-variants lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -92,13 +95,16 @@ STATICCHECK_VERSION ?= v0.7.0
 lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
-# Cost of the program and the receiver (as root, on a quiet machine): per-event
-# run time vs an empty program, throughput A/B, kernel memory; then the scrape
-# benchmarks (read vs read+convert, 100/1k/10k series) and receiver heap, and
-# the conversion alone with and without downscaling (max_buckets).
+# Cost of the program and the receiver (as root): per-event run time side by
+# side with the empty and the reference-style program (bpf/bench.bpf.c) in
+# every attach order over several rounds, throughput A/B, kernel memory, a
+# summary table (build/bench.txt); then the scrape benchmarks (read vs
+# read+convert, 100/1k/10k series) and receiver heap, and the conversion alone
+# with and without downscaling (max_buckets).
+BENCH_FLAGS ?=
 bench:
 	@mkdir -p build
-	$(GO) run ./internal/benchtool
+	bash -o pipefail -c '$(GO) run ./internal/benchtool $(BENCH_FLAGS) | tee build/bench.txt'
 	$(GO) test -run '^$$' -bench . -benchmem -count=1 ./internal/loader/ ./internal/convert/ | tee build/bench-go.txt
 	@awk '/^BenchmarkRead\/series=/ { split($$1, a, "[=-]"); r[a[2]] = $$3 } \
 	     /^BenchmarkScrape\/series=/ { split($$1, a, "[=-]"); s[a[2]] = $$3 } \
@@ -111,6 +117,12 @@ bench:
 	              " unbounded (max=0) and with max_buckets 160 (merged into 101 buckets at scale 6):" } \
 	     /^BenchmarkAppend(Scale8)?\// { n = $$1; sub(/-[0-9]+$$/, "", n); \
 	           printf "   %-52s %11d  (%.0f ns/series)\n", n, $$3, $$3 / 10000 }' build/bench-go.txt
+
+# The cost of each part of tcprtt's per-segment path on this host, as
+# benchmark-only variants of it (bench_variant in bpf/bench.bpf.c).
+bench-variants:
+	@mkdir -p build
+	bash -o pipefail -c '$(GO) run ./internal/benchtool -sections variants $(BENCH_FLAGS) | tee build/bench-variants.txt'
 
 e2e: otelcol prometheus
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \

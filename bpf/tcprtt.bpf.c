@@ -593,12 +593,3 @@ int bucket_selftest(void *ctx)
 		pos->v[i] = raw->v[i] ? bucket_position(raw->v[i]) : 0xffffffff;
 	return 0;
 }
-
-// bench_empty does nothing on the same hook: the baseline the benchmark
-// compares the per-event cost of tcprtt_tp_btf with. Never attached by
-// the receiver.
-SEC("tp_btf/tcp_probe")
-int BPF_PROG(bench_empty, struct sock *sk)
-{
-	return 0;
-}

@@ -70,7 +70,6 @@ const (
 	TcprttMapSeriesIndex       = "series_index"
 	TcprttMapSkCache           = "sk_cache"
 	TcprttMapStats             = "stats"
-	TcprttProgBenchEmpty       = "bench_empty"
 	TcprttProgBucketSelftest   = "bucket_selftest"
 	TcprttProgTcprttFentry     = "tcprtt_fentry"
 	TcprttProgTcprttRawTp      = "tcprtt_raw_tp"
@@ -130,7 +129,6 @@ type TcprttSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttProgramSpecs struct {
-	BenchEmpty       *ebpf.ProgramSpec `ebpf:"bench_empty"`
 	BucketSelftest   *ebpf.ProgramSpec `ebpf:"bucket_selftest"`
 	TcprttFentry     *ebpf.ProgramSpec `ebpf:"tcprtt_fentry"`
 	TcprttRawTp      *ebpf.ProgramSpec `ebpf:"tcprtt_raw_tp"`
@@ -237,7 +235,6 @@ type TcprttVariables struct {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttPrograms struct {
-	BenchEmpty       *ebpf.Program `ebpf:"bench_empty"`
 	BucketSelftest   *ebpf.Program `ebpf:"bucket_selftest"`
 	TcprttFentry     *ebpf.Program `ebpf:"tcprtt_fentry"`
 	TcprttRawTp      *ebpf.Program `ebpf:"tcprtt_raw_tp"`
@@ -247,7 +244,6 @@ type TcprttPrograms struct {
 
 func (p *TcprttPrograms) Close() error {
 	return _TcprttClose(
-		p.BenchEmpty,
 		p.BucketSelftest,
 		p.TcprttFentry,
 		p.TcprttRawTp,

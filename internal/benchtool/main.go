@@ -1,65 +1,94 @@
 //go:build linux
 
 // Command benchtool measures what tcprtt costs the host (make bench):
-// the program's per-event run time next to an empty program on the same
-// hook, loopback request/response throughput with and without it, and the
-// kernel memory of its maps. Run it as root on an otherwise quiet machine.
+// the program's per-event run time side by side with an empty program and
+// a program written like the reference tool (bcc/libbpf-tools tcprtt) on
+// the same hook, loopback request/response throughput with and without
+// it, and the kernel memory of its maps; with -sections variants, the
+// cost of each part of the per-segment path. Run it as root; the host may
+// be busy (absolute figures vary with it), which is why every comparison
+// is made side by side in one run and reported as a range over rounds.
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net"
 	"net/netip"
 	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
+	"strings"
 	"time"
 
 	"github.com/cilium/ebpf"
-	"github.com/cilium/ebpf/link"
 	"golang.org/x/sys/unix"
 
-	"github.com/tcprtt/tcprtt/bpf"
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
-	"github.com/tcprtt/tcprtt/internal/tcptest"
 )
 
 func main() {
 	events := flag.Int("round-trips", 20000, "request/response round trips per per-event measurement")
-	repeats := flag.Int("repeats", 3, "measurements per attach order")
-	tpRuns := flag.Int("throughput-runs", 20, "A/B pairs of the throughput measurement")
-	tpTime := flag.Duration("throughput-time", 500*time.Millisecond, "duration of one throughput run")
+	rounds := flag.Int("rounds", 5, "rounds of the per-event measurement (each over every attach order)")
+	heavyRounds := flag.Int("heavy-rounds", 2, "rounds of the per-event measurement of the heavy config")
+	tpRuns := flag.Int("throughput-runs", 40, "rotating triples (none, tcprtt, empty program) of the throughput measurement")
+	tpTime := flag.Duration("throughput-time", 250*time.Millisecond, "duration of one throughput run")
 	tpSpec := flag.String("throughput-config", "default", "configuration for the throughput runs: default, heavy, or empty (the do-nothing program)")
+	only := flag.String("variants", "", "with -sections variants: measure only the variants whose name matches this regular expression")
+	sections := flag.String("sections", "per-event,throughput,memory", "comma-separated sections to run: per-event, throughput, memory, variants")
 	flag.Parse()
-
-	fmt.Printf("tcprtt benchmark, %s, %d CPUs\n\n", time.Now().UTC().Format("2006-01-02"), numCPU())
-	fmt.Println("1. Per-event kernel cost (tp_btf/tcp_probe, loopback request/response, bpf_stats)")
-	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
-	if err != nil {
-		fail("enable BPF run statistics (needs root): %v", err)
+	want := map[string]bool{}
+	for _, s := range strings.Split(*sections, ",") {
+		switch s = strings.TrimSpace(s); s {
+		case "per-event", "throughput", "memory", "variants":
+			want[s] = true
+		default:
+			fail("unknown section %q in -sections (want per-event, throughput, memory, variants)", s)
+		}
 	}
-	for _, c := range []struct {
-		name string
-		spec loader.Spec
-	}{{"default", defaultSpec()}, {"heavy", heavySpec()}} {
-		perEvent(c.name, c.spec, *events, *repeats)
-	}
-	// Run statistics cost two clock reads per run: keep them off for the
-	// throughput measurement.
-	stats.Close()
 
-	if *tpRuns > 0 {
+	date := time.Now().UTC().Format("2006-01-02")
+	fmt.Printf("tcprtt benchmark, %s, %d CPUs, load average %s\n\n", date, numCPU(), loadAverage())
+	var rep report
+	rep.date = date
+	if want["per-event"] || want["variants"] {
+		stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
+		if err != nil {
+			fail("enable BPF run statistics (needs root): %v", err)
+		}
+		if want["per-event"] {
+			fmt.Println("1. Per-event kernel cost (tp_btf/tcp_probe, loopback request/response, bpf_stats run_time_ns/run_cnt),")
+			fmt.Println("   tcprtt side by side with the empty program and the reference-style program (bpf/bench.bpf.c)")
+			rep.perEvent = append(rep.perEvent, perEvent("default", defaultSpec(), *events, *rounds))
+			if *heavyRounds > 0 {
+				rep.perEvent = append(rep.perEvent, perEvent("heavy", heavySpec(), *events, *heavyRounds))
+			}
+		}
+		if want["variants"] {
+			fmt.Println("\n5. Cost of the parts of the per-segment path (bench_variant, each side by side with empty and reference)")
+			variantCosts(*events/2, *rounds, *only)
+		}
+		// Run statistics cost two clock reads per run: keep them off for
+		// the throughput measurement.
+		stats.Close()
+	}
+
+	if want["throughput"] && *tpRuns > 0 {
 		fmt.Println("\n2. Throughput: loopback request/response transactions per second")
-		throughput(*tpSpec, *tpRuns, *tpTime)
+		rep.throughput, rep.throughputEmpty = throughput(*tpSpec, *tpRuns, *tpTime)
+		rep.throughputConfig = *tpSpec
 	}
 
-	fmt.Println("\n4. Kernel map memory (map info memlock)")
+	if want["memory"] {
+		fmt.Println("\n4. Kernel map memory (map info memlock)")
+		memory()
+	}
+	rep.print()
+	if want["memory"] {
+		fmt.Println("\n3. Scrape cost and receiver heap: go test -run '^$' -bench . ./internal/loader/ (printed below by make bench)")
+	}
+}
+
+func memory() {
 	for _, n := range []uint32{1000, 10000} {
 		spec := defaultSpec()
 		spec.MaxSeries = n
@@ -76,7 +105,6 @@ func main() {
 			n, spec.Table.Scale, float64(mem)/(1<<20), float64(spec.Layout().Entries()*8)/(1<<20),
 			spec.Layout().Rows(), spec.Layout().Stride())
 	}
-	fmt.Println("\n3. Scrape cost and receiver heap: go test -run '^$' -bench . ./internal/loader/ (printed below by make bench)")
 }
 
 func numCPU() int {
@@ -85,6 +113,19 @@ func numCPU() int {
 		return 0
 	}
 	return set.Count()
+}
+
+// loadAverage is /proc/loadavg's first three fields: how busy the host was.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func fail(format string, args ...any) {
@@ -127,202 +168,4 @@ func heavySpec() loader.Spec {
 		LocalPrefixes:  prefixes,
 		RemotePrefixes: prefixes,
 	}
-}
-
-// emptyProgram loads bench_empty, the do-nothing program on the same hook.
-func emptyProgram() *ebpf.Program {
-	cs, err := bpf.LoadTcprtt()
-	if err != nil {
-		fail("%v", err)
-	}
-	for name := range cs.Programs {
-		if name != bpf.TcprttProgBenchEmpty {
-			delete(cs.Programs, name)
-		}
-	}
-	coll, err := ebpf.NewCollection(cs)
-	if err != nil {
-		fail("load empty program: %v", err)
-	}
-	p := coll.DetachProgram(bpf.TcprttProgBenchEmpty)
-	coll.Close()
-	return p
-}
-
-type runStats struct{ runs, ns uint64 }
-
-func statsOf(p *ebpf.Program) runStats {
-	s, err := p.Stats()
-	if err != nil {
-		fail("program stats: %v", err)
-	}
-	return runStats{runs: s.RunCount, ns: uint64(s.Runtime)}
-}
-
-func (s runStats) perRun() float64 { return float64(s.ns) / float64(s.runs) }
-
-// perEvent attaches tcprtt and the empty program to tcp_probe in both
-// orders (the first program pays the socket's cache misses), drives
-// traffic, and prints the mean run time of each and their ratio.
-func perEvent(name string, spec loader.Spec, events, repeats int) {
-	empty := emptyProgram()
-	defer empty.Close()
-	var ratios []float64
-	for _, tcprttFirst := range []bool{true, false} {
-		for range repeats {
-			var t *loader.Tracer
-			var l link.Link
-			var err error
-			attachEmpty := func() {
-				if l, err = link.AttachTracing(link.TracingOptions{Program: empty}); err != nil {
-					fail("attach empty program: %v", err)
-				}
-			}
-			if !tcprttFirst {
-				attachEmpty()
-			}
-			if t, err = loader.Open(spec); err != nil {
-				fail("%v", err)
-			}
-			if tcprttFirst {
-				attachEmpty()
-			}
-			e0, p0 := statsOf(empty), statsOf(t.Program())
-			requestResponse(1, events)
-			e1, p1 := statsOf(empty), statsOf(t.Program())
-			l.Close()
-			t.Close()
-			e := runStats{e1.runs - e0.runs, e1.ns - e0.ns}
-			p := runStats{p1.runs - p0.runs, p1.ns - p0.ns}
-			order := "tcprtt first"
-			if !tcprttFirst {
-				order = "empty first "
-			}
-			ratio := p.perRun() / e.perRun()
-			ratios = append(ratios, ratio)
-			fmt.Printf("   %-7s %s: tcprtt %6.1f ns/run, empty %6.1f ns/run, ratio %.2f (%d runs)\n",
-				name, order, p.perRun(), e.perRun(), ratio, p.runs)
-		}
-	}
-	fmt.Printf("   %-7s median ratio over both orders: %.2f\n", name, median(ratios))
-}
-
-func median(v []float64) float64 {
-	s := slices.Clone(v)
-	slices.Sort(s)
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
-}
-
-// requestResponse runs round trips of 32-byte messages over conns
-// loopback connections and returns the transactions per second.
-func requestResponse(conns, roundTrips int) float64 {
-	return drive(conns, func(done *atomic.Int64) bool { return done.Load() >= int64(roundTrips) })
-}
-
-func drive(conns int, stop func(*atomic.Int64) bool) float64 {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		fail("listen: %v", err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tcptest.Echo(c, tcptest.MessageSize)
-			}()
-		}
-	}()
-	var done atomic.Int64
-	var wg sync.WaitGroup
-	start := time.Now()
-	for range conns {
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			fail("dial: %v", err)
-		}
-		c.(*net.TCPConn).SetNoDelay(true)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer c.Close()
-			var b [tcptest.MessageSize]byte
-			for !stop(&done) {
-				if err := tcptest.RoundTrip(c, b[:]); err != nil {
-					if !errors.Is(err, io.EOF) {
-						fail("%v", err)
-					}
-					return
-				}
-				done.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	return float64(done.Load()) / time.Since(start).Seconds()
-}
-
-// throughput alternates runs without and with the receiver's program
-// attached, in ABBA order so that a drift of the machine's speed cancels
-// out, and reports the medians and the median of the per-pair ratios.
-func throughput(config string, runs int, d time.Duration) {
-	const conns = 4
-	timed := func() float64 {
-		deadline := time.Now().Add(d)
-		return drive(conns, func(*atomic.Int64) bool { return time.Now().After(deadline) })
-	}
-	withTcprtt := func() float64 {
-		if config == "empty" {
-			p := emptyProgram()
-			defer p.Close()
-			l, err := link.AttachTracing(link.TracingOptions{Program: p})
-			if err != nil {
-				fail("attach empty program: %v", err)
-			}
-			defer l.Close()
-			return timed()
-		}
-		spec := defaultSpec()
-		if config == "heavy" {
-			spec = heavySpec()
-		}
-		t, err := loader.Open(spec)
-		if err != nil {
-			fail("%v", err)
-		}
-		defer t.Close()
-		return timed()
-	}
-	var without, with, ratios []float64
-	for i := range runs {
-		var a, b float64
-		if i%2 == 0 {
-			a = timed()
-			b = withTcprtt()
-		} else {
-			b = withTcprtt()
-			a = timed()
-		}
-		without, with, ratios = append(without, a), append(with, b), append(ratios, b/a)
-	}
-	fmt.Printf("   %s config, %d connections, %d ABBA pairs of %s runs\n", config, conns, runs, d)
-	fmt.Printf("   without tcprtt: median %8.0f tx/s  (runs %v)\n", median(without), rounded(without))
-	fmt.Printf("   with tcprtt:    median %8.0f tx/s  (runs %v)\n", median(with), rounded(with))
-	fmt.Printf("   ratio with/without: %.3f (median of pair ratios; ratio of medians %.3f)\n",
-		median(ratios), median(with)/median(without))
-}
-
-func rounded(v []float64) []int {
-	out := make([]int, len(v))
-	for i, x := range v {
-		out[i] = int(x)
-	}
-	return out
 }
