@@ -59,8 +59,31 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+// The socket's cgroup v2 (sk_cgrp_data, set when the socket is created,
+// inherited by accepted sockets). Since 5.15 sock_cgroup_data holds the
+// cgroup pointer; before, a u64 that is the pointer unless its low bits
+// are set (then net_prio/net_cls data took its place and the kernel
+// treats the socket as in the root cgroup). The ___old flavour matches
+// only kernels with that layout; CO-RE picks the branch at load.
+struct kernfs_node {
+	__u64 id; // the cgroup id, = the inode number of its directory (5.5+)
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data___old {
+	__u64 val;
+} __attribute__((preserve_access_index));
+
 struct sock {
 	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {
@@ -78,6 +101,7 @@ struct trace_event_raw_tcp_probe {
 #define GROUP_REMOTE_ADDR (1 << 1)
 #define GROUP_LOCAL_PORT (1 << 2)
 #define GROUP_REMOTE_PORT (1 << 3)
+#define GROUP_CGROUP (1 << 4)
 
 #define FILTER_LOCAL_PORT (1 << 0)
 #define FILTER_REMOTE_PORT (1 << 1)
@@ -119,6 +143,7 @@ struct series_key {
 	__u16 remote_port;
 	__u8 family;          // 4, 6, or 0 when nothing is grouped
 	__u8 pad[3];
+	__u64 cgroup;         // cgroup v2 id, 0 unless GROUP_CGROUP
 };
 
 struct series_ref {
@@ -366,9 +391,34 @@ static __always_inline void set_v4_mapped(__u8 *a, __be32 v4)
 #define PROBE(sk, field) BPF_CORE_READ(sk, field)
 #define PROBE_ADDR(dst, sk, field) BPF_CORE_READ_INTO(&(dst), sk, field.in6_u.u6_addr8)
 
-// read_tuple fills key with the socket's full 4-tuple.
+#define CGROUP_ROOT_ID 1
+
+// read_cgroup_id returns the id of the socket's cgroup v2, 0 if unknown.
+// Probe reads in every flavour: it runs once per socket where the series
+// is cached, and the verifier drops it unless cgroup is grouped.
+static __always_inline __u64 read_cgroup_id(struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (bpf_core_field_exists(struct sock_cgroup_data___old, val)) {
+		struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
+		__u64 val = BPF_CORE_READ(old, val);
+		struct cgroup *cgrp = (struct cgroup *)val;
+
+		// As sock_cgroup_ptr() before 5.15.
+		if (!val || (val & 3))
+			return CGROUP_ROOT_ID;
+		return BPF_CORE_READ(cgrp, kn, id);
+	}
+	return 0;
+}
+
+// read_tuple fills key with the socket's full 4-tuple, and its cgroup
+// when grouped (the key is zeroed by the caller otherwise).
 static __always_inline bool read_tuple(struct sock *sk, const bool btf, struct series_key *key)
 {
+	if (cfg_group_by & GROUP_CGROUP)
+		key->cgroup = read_cgroup_id(sk);
 	if (btf)
 		return READ_TUPLE(sk, key, LOAD, LOAD_ADDR);
 	if (HAVE_RDONLY_CAST) {

@@ -40,6 +40,7 @@ type TcprttSeriesKey struct {
 	RemotePort uint16
 	Family     uint8
 	Pad        [3]uint8
+	Cgroup     uint64
 }
 
 type TcprttSeriesRef struct {
