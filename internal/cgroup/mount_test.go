@@ -9,7 +9,7 @@ import (
 func TestFindMount(t *testing.T) {
 	for _, tc := range []struct {
 		name, table, want string
-		err             error
+		err               error
 	}{
 		{"hybrid (this machine)", `22 28 0:21 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
 30 22 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
