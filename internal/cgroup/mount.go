@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -17,57 +18,66 @@ const MountInfo = "/proc/self/mountinfo"
 var ErrNoCgroup2 = errors.New("no cgroup2 file system in " + MountInfo +
 	" (grouping by cgroup needs the cgroup v2 hierarchy mounted, e.g. at /sys/fs/cgroup or /sys/fs/cgroup/unified)")
 
-// FindMount returns the mount point of the cgroup v2 hierarchy in a
-// mountinfo table: /sys/fs/cgroup on unified hosts, /sys/fs/cgroup/unified
-// on hybrid ones. Where several are mounted (a container that also sees
-// the host's, bind-mounted), the one mounted at its file system's root
-// ("/" in the root column) wins over one that shows a subtree, and the
-// first of those wins.
-func FindMount(mountinfo io.Reader) (string, error) {
-	var first, subtree string
+// Mounts returns the mount points of the cgroup v2 file system in a
+// mountinfo table, in table order: /sys/fs/cgroup on unified hosts,
+// /sys/fs/cgroup/unified on hybrid ones, and in a container with a
+// cgroup namespace its own view plus the host's, if bind-mounted.
+func Mounts(mountinfo io.Reader) ([]string, error) {
+	var out []string
 	sc := bufio.NewScanner(mountinfo)
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
 		// id parent major:minor root mountpoint options [optional...] - fstype source superoptions
-		line := sc.Text()
-		pre, post, ok := strings.Cut(line, " - ")
+		pre, post, ok := strings.Cut(sc.Text(), " - ")
 		if !ok {
 			continue
 		}
 		if f := strings.Fields(post); len(f) == 0 || f[0] != "cgroup2" {
 			continue
 		}
-		f := strings.Fields(pre)
-		if len(f) < 5 {
-			continue
-		}
-		root, point := unescape(f[3]), unescape(f[4])
-		if root == "/" && first == "" {
-			first = point
-		} else if subtree == "" {
-			subtree = point
+		if f := strings.Fields(pre); len(f) >= 5 {
+			out = append(out, unescape(f[4]))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return "", fmt.Errorf("read mount table: %w", err)
+		return nil, fmt.Errorf("read mount table: %w", err)
 	}
-	if first != "" {
-		return first, nil
+	if len(out) == 0 {
+		return nil, ErrNoCgroup2
 	}
-	if subtree != "" {
-		return subtree, nil
-	}
-	return "", ErrNoCgroup2
+	return out, nil
 }
 
-// FindMountHere reads this process's mount table.
-func FindMountHere() (string, error) {
+// rootID is the id of the root cgroup of the v2 hierarchy.
+const rootID = 1
+
+// FindMount returns the mount of the whole cgroup v2 hierarchy among
+// this process's: the one whose directory is the root cgroup (id 1). A
+// container in a cgroup namespace sees its own cgroup as the root of its
+// /sys/fs/cgroup, where no other workload's cgroup is found; the host's,
+// bind-mounted, is then preferred. Without a root mount, the first one.
+func FindMount() (string, error) {
 	f, err := os.Open(MountInfo)
 	if err != nil {
 		return "", fmt.Errorf("find the cgroup v2 mount: %w", err)
 	}
 	defer f.Close()
-	return FindMount(f)
+	mounts, err := Mounts(f)
+	if err != nil {
+		return "", err
+	}
+	return pickRoot(mounts, os.Stat), nil
+}
+
+func pickRoot(mounts []string, stat func(string) (fs.FileInfo, error)) string {
+	for _, m := range mounts {
+		if fi, err := stat(m); err == nil {
+			if ino, ok := inode(fi); ok && ino == rootID {
+				return m
+			}
+		}
+	}
+	return mounts[0]
 }
 
 // unescape undoes the kernel's octal escapes of space, tab, newline and

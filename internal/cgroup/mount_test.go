@@ -6,7 +6,7 @@ import (
 	"testing"
 )
 
-func TestFindMount(t *testing.T) {
+func TestMounts(t *testing.T) {
 	for _, tc := range []struct {
 		name, table, want string
 		err               error
@@ -18,20 +18,18 @@ func TestFindMount(t *testing.T) {
 `, "/sys/fs/cgroup/unified", nil},
 		{"unified", `35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
 `, "/sys/fs/cgroup", nil},
-		{"container's own subtree, and the host's bind-mounted", `812 800 0:30 /kubepods.slice/x.slice /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw
-813 800 0:30 / /host/sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw
-`, "/host/sys/fs/cgroup", nil},
-		{"only a subtree", `812 800 0:30 /kubepods.slice/x.slice /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw
-`, "/sys/fs/cgroup", nil},
+		{"container's own view, and the host's bind-mounted", `812 800 0:30 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw
+813 800 0:30 /.. /host/sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw
+`, "/sys/fs/cgroup /host/sys/fs/cgroup", nil},
 		{"escaped mount point", `40 30 0:37 / /mnt/cgroup\040v2 rw,relatime - cgroup2 cgroup2 rw
 `, "/mnt/cgroup v2", nil},
 		{"v1 only", `41 30 0:38 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd
 `, "", ErrNoCgroup2},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := FindMount(strings.NewReader(tc.table))
-			if !errors.Is(err, tc.err) || got != tc.want {
-				t.Errorf("FindMount = %q, %v; want %q, %v", got, err, tc.want, tc.err)
+			m, err := Mounts(strings.NewReader(tc.table))
+			if got := strings.Join(m, " "); !errors.Is(err, tc.err) || got != tc.want {
+				t.Errorf("Mounts = %q, %v; want %q, %v", got, err, tc.want, tc.err)
 			}
 		})
 	}
@@ -44,3 +42,4 @@ func TestUnescape(t *testing.T) {
 		}
 	}
 }
+
