@@ -42,4 +42,3 @@ func TestUnescape(t *testing.T) {
 		}
 	}
 }
-
