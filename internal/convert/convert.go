@@ -49,6 +49,9 @@ type Options struct {
 	Temporality Temporality
 	// Start is when counting began (the program's attach time).
 	Start time.Time
+	// Cgroups names the cgroup ids of the series keys when GroupBy has
+	// kmaps.GroupCgroup (see AppendResources); nil reports ids alone.
+	Cgroups CgroupResolver
 }
 
 // seriesID identifies one cumulative run of counts: the row (slot) and
@@ -77,6 +80,10 @@ type Converter struct {
 	lastTime time.Time
 	round    uint64
 	delta    kmaps.Series // scratch
+
+	// Scratch of AppendResources.
+	byCgroup []cgroupSeries
+	group    []kmaps.Series
 }
 
 // New returns a Converter for opts.
@@ -108,13 +115,21 @@ func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 // temporality a point covers the samples since the previous conversion,
 // and series without new samples are left out.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
+	c.round++
+	c.appendMetric(snap.Series, now, ms)
+	c.endRound(now)
+}
+
+// appendMetric appends the tcp.rtt metric of series to ms, within the
+// round begun by the caller.
+func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetric.MetricSlice) {
 	m := ms.AppendEmpty()
 	m.SetName(MetricName)
 	m.SetDescription(MetricDescription)
 	m.SetUnit(string(c.opts.Table.Unit))
 	h := m.SetEmptyExponentialHistogram()
 	dps := h.DataPoints()
-	dps.EnsureCapacity(len(snap.Series))
+	dps.EnsureCapacity(len(series))
 	ts := pcommon.NewTimestampFromTime(now)
 	last := pcommon.NewTimestampFromTime(c.lastTime)
 	delta := c.opts.Temporality == Delta
@@ -124,9 +139,8 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
 	}
 
-	c.round++
-	for i := range snap.Series {
-		s := &snap.Series[i]
+	for i := range series {
+		s := &series[i]
 		id := seriesID{slot: s.Slot, generation: s.Generation}
 		st, ok := c.series[id]
 		if !ok || st.key != s.Key {
@@ -146,12 +160,6 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		c.appendPoint(dps, st, &c.delta, last, ts)
 		s.CopyCounts(p)
 	}
-	for id, st := range c.series {
-		if st.seen != c.round {
-			delete(c.series, id)
-		}
-	}
-	c.lastTime = now
 	if dps.Len() == 0 {
 		// No TCP traffic yet (or none new, in delta): a metric without
 		// points says nothing, so there is none.
@@ -160,6 +168,16 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 				x.ExponentialHistogram().DataPoints().Len() == 0
 		})
 	}
+}
+
+// endRound forgets the series not seen in the round that ends at now.
+func (c *Converter) endRound(now time.Time) {
+	for id, st := range c.series {
+		if st.seen != c.round {
+			delete(c.series, id)
+		}
+	}
+	c.lastTime = now
 }
 
 func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {
