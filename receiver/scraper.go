@@ -8,12 +8,14 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.uber.org/zap"
 
+	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
@@ -63,16 +65,25 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 			_ = s.shutdown(context.Background())
 		}
 	}()
-	s.converter, err = convert.New(convert.Options{
+	opts := convert.Options{
 		Table:       spec.Table,
 		GroupBy:     spec.GroupBy,
 		Temporality: convert.Temporality(s.cfg.Temporality),
 		Start:       s.tracer.AttachedAt(),
-	})
+	}
+	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
+	if spec.GroupBy.Has(kmaps.GroupCgroup) {
+		root, err := cgroup.FindMount()
+		if err != nil {
+			return fmt.Errorf("tcprtt: group_by cgroup: %w", err)
+		}
+		opts.Cgroups = cgroup.NewResolver(root)
+		fields = append(fields, zap.String("cgroup_root", root))
+	}
+	s.converter, err = convert.New(opts)
 	if err != nil {
 		return err
 	}
-	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
 	if refused := loader.DescribeAttempts(s.tracer.Attempts()); refused != "" {
 		fields = append(fields, zap.String("refused", refused))
 	}
@@ -114,10 +125,10 @@ func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	}
 	now := time.Now()
 	md := pmetric.NewMetrics()
-	sm := md.ResourceMetrics().AppendEmpty().ScopeMetrics().AppendEmpty()
-	sm.Scope().SetName(metadata.ScopeName)
-	sm.Scope().SetVersion(s.settings.BuildInfo.Version)
-	s.converter.Append(&s.snap, now, sm.Metrics())
+	s.converter.AppendResources(&s.snap, now, md.ResourceMetrics(), func(scope pcommon.InstrumentationScope) {
+		scope.SetName(metadata.ScopeName)
+		scope.SetVersion(s.settings.BuildInfo.Version)
+	})
 
 	// Expired series' final counts are in Stats.Expired, so the totals
 	// stay monotonic when series come and go.
