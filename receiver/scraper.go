@@ -31,6 +31,7 @@ type rttScraper struct {
 
 	tracer    *loader.Tracer
 	converter *convert.Converter
+	cgroups   *cgroup.Resolver // with group_by cgroup
 	telemetry *metadata.TelemetryBuilder
 
 	// Reused across scrapes (scrapes never overlap).
@@ -77,7 +78,8 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 		if err != nil {
 			return fmt.Errorf("tcprtt: group_by cgroup: %w", err)
 		}
-		opts.Cgroups = cgroup.NewResolver(root)
+		s.cgroups = cgroup.NewResolver(root)
+		opts.Cgroups = s.cgroups
 		fields = append(fields, zap.String("cgroup_root", root))
 	}
 	s.converter, err = convert.New(opts)

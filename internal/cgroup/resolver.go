@@ -24,13 +24,18 @@ type Info struct {
 // next one.
 const DefaultMinRescan = 2 * time.Second
 
+// DefaultRefresh is how old the last walk may be at the end of a round
+// before the next one, which finds the cgroups removed since.
+const DefaultRefresh = time.Minute
+
 // Resolver maps cgroup ids to paths. The id of a cgroup v2 is the inode
 // number of its directory (kernfs gives each node a 64-bit id that is
 // never reused, and uses it as the inode number), so a walk of the
 // hierarchy that stats every directory yields the whole map.
 //
 // The map is rebuilt by walking the hierarchy when an id is looked up that
-// the last walk did not see, at most once per MinRescan. Cgroups that
+// the last walk did not see, at most once per MinRescan, and at the end of
+// a round when the last walk is older than Refresh. Cgroups that
 // vanish from a walk keep their last path while they are still looked up
 // (sockets outlive their cgroup's processes, and their series with them)
 // and are forgotten at the first EndRound that follows a round without a
@@ -39,7 +44,9 @@ type Resolver struct {
 	root string
 	// MinRescan rate-limits the walks that unknown ids cause.
 	MinRescan time.Duration
-	now       func() time.Time
+	// Refresh bounds how long a removed cgroup stays in the map unnoticed.
+	Refresh time.Duration
+	now     func() time.Time
 
 	byID     map[uint64]*entry
 	lastScan time.Time
@@ -58,7 +65,10 @@ type entry struct {
 // root (see FindMount).
 func NewResolver(root string) *Resolver {
 	// Rounds count from 1 so that 0 means never looked up.
-	return &Resolver{root: root, MinRescan: DefaultMinRescan, now: time.Now, byID: map[uint64]*entry{}, round: 1}
+	return &Resolver{
+		root: root, MinRescan: DefaultMinRescan, Refresh: DefaultRefresh, now: time.Now,
+		byID: map[uint64]*entry{}, round: 1,
+	}
 }
 
 // Root is the mount point the Resolver walks.
@@ -93,8 +103,12 @@ func (r *Resolver) Lookup(id uint64) Info {
 }
 
 // EndRound marks the end of one conversion: cgroups that are gone and
-// were not looked up in the round that ends are forgotten.
+// were not looked up in the round that ends are forgotten, after a walk
+// if the last one is older than Refresh.
 func (r *Resolver) EndRound() {
+	if !r.scanned || r.now().Sub(r.lastScan) >= r.Refresh {
+		_ = r.Scan() // on error the next round tries again
+	}
 	for id, e := range r.byID {
 		if !e.live && e.used != r.round {
 			delete(r.byID, id)
@@ -153,7 +167,7 @@ func (r *Resolver) Scan() error {
 	for id, p := range found {
 		e, ok := r.byID[id]
 		if !ok {
-			e = &entry{used: r.round - 1}
+			e = &entry{}
 			r.byID[id] = e
 		}
 		if !e.live || e.info.Path != p {
@@ -163,6 +177,9 @@ func (r *Resolver) Scan() error {
 	}
 	return nil
 }
+
+// Has reports whether id is in the map.
+func (r *Resolver) Has(id uint64) bool { _, ok := r.byID[id]; return ok }
 
 // Len is the number of ids the Resolver holds (live cgroups from the last
 // walk and gone ones still in use).

@@ -165,3 +165,32 @@ func TestResolverGone(t *testing.T) {
 		t.Errorf("forgotten id: %+v, want the id alone", got)
 	}
 }
+
+// A walk at the end of a round older than Refresh finds removed cgroups
+// even when no new id asks for one.
+func TestResolverRefresh(t *testing.T) {
+	root := tree(t, service, dockerScope)
+	r, clk := newTestResolver(root)
+	id := idOf(t, root, dockerScope)
+	r.Lookup(id)
+	r.EndRound()
+	if err := os.Remove(filepath.Join(root, dockerScope)); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(r.Refresh - time.Nanosecond)
+	r.EndRound()
+	if !r.Has(id) || r.Scans() != 1 {
+		t.Fatalf("before Refresh: has %v after %d walks, want it kept, 1 walk", r.Has(id), r.Scans())
+	}
+	clk.advance(time.Nanosecond)
+	r.Lookup(id) // still in use: kept, and marked gone by the walk below
+	r.EndRound()
+	if got := r.Lookup(id); !got.Gone || got.Path != "/"+dockerScope || r.Scans() != 2 {
+		t.Fatalf("after Refresh: %+v after %d walks, want gone with its path, 2 walks", got, r.Scans())
+	}
+	r.EndRound()
+	r.EndRound()
+	if r.Has(id) {
+		t.Error("a gone cgroup no longer looked up is still in the map")
+	}
+}
