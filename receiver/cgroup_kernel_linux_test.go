@@ -62,6 +62,7 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode) {
 		ids[name] = inodeOf(t, dirs[name])
 	}
 
+	enableRunStats(t)
 	s := startScraper(t, func(c *Config) {
 		c.GroupBy = []string{"cgroup", "remote_address"}
 		c.Filter.RemoteAddresses = []string{cgNet}
@@ -123,6 +124,9 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode) {
 		}
 	}
 	check(md)
+	// Every run of the program is a sample of one of these resources or
+	// filtered out (the host's other traffic).
+	checkIdentity(t, readAccounting(t, s))
 
 	// Each client socket's samples are exactly the segments it received
 	// after the SYN-ACK (TCP_INFO's segs_in less one, read by the client
