@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 )
@@ -75,6 +77,10 @@ type Spec struct {
 	// kernels before 6.2, even where bpf_rdonly_cast allows direct loads
 	// (for tests of that path).
 	HelperReads bool
+	// KernelTypes, if set, are the kernel types CO-RE relocates against
+	// instead of the running kernel's (for tests of other kernels'
+	// struct layouts, such as sock_cgroup_data before 5.15).
+	KernelTypes *btf.Spec
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8

@@ -123,7 +123,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		return nil, err
 	}
 
-	coll, err := ebpf.NewCollection(cs)
+	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: spec.KernelTypes},
+	})
 	if errors.Is(err, unix.EPERM) {
 		// cilium/ebpf's hint about MEMLOCK does not apply to kernels with
 		// memcg accounting (5.11+); say plainly that the kernel refused.
