@@ -286,8 +286,8 @@ func TestGolden(t *testing.T) {
 		{
 			// Per cgroup and remote address, in cgroup id order: a removed
 			// cgroup never seen shows its id; the overflow series last.
-			name:  "scale0_bycgroup_byraddr_extended",
-			r:     &renderer{table: us0, unitName: "usecs", groupBy: kmaps.GroupCgroup | kmaps.GroupRemoteAddress, maxSeries: 4, extended: true, cgroupName: fakeCgroupName},
+			name: "scale0_bycgroup_byraddr_extended",
+			r:    &renderer{table: us0, unitName: "usecs", groupBy: kmaps.GroupCgroup | kmaps.GroupRemoteAddress, maxSeries: 4, extended: true, cgroupName: fakeCgroupName},
 			snaps: []*kmaps.Snapshot{{Series: []kmaps.Series{
 				series(us0, cgroupKey(remoteKey("127.0.0.3"), 7001), samples{us(20): 5, us(40): 5}),
 				series(us0, cgroupKey(remoteKey("10.0.0.7"), 42), samples{us(300): 10}),
