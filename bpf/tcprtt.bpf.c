@@ -68,8 +68,31 @@ struct sock_common {
 	struct in6_addr skc_v6_rcv_saddr;
 } __attribute__((preserve_access_index));
 
+// The socket's cgroup v2 (sk_cgrp_data, set when the socket is created,
+// inherited by accepted sockets). Since 5.15 sock_cgroup_data holds the
+// cgroup pointer; before, a u64 that is the pointer unless its low bits
+// are set (then net_prio/net_cls data took its place and the kernel
+// treats the socket as in the root cgroup). The ___old flavour matches
+// only kernels with that layout; CO-RE picks the branch at load.
+struct kernfs_node {
+	__u64 id; // the cgroup id, = the inode number of its directory (5.5+)
+} __attribute__((preserve_access_index));
+
+struct cgroup {
+	struct kernfs_node *kn;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data {
+	struct cgroup *cgroup;
+} __attribute__((preserve_access_index));
+
+struct sock_cgroup_data___old {
+	__u64 val;
+} __attribute__((preserve_access_index));
+
 struct sock {
 	struct sock_common __sk_common;
+	struct sock_cgroup_data sk_cgrp_data;
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {
@@ -87,6 +110,7 @@ struct trace_event_raw_tcp_probe {
 #define GROUP_REMOTE_ADDR (1 << 1)
 #define GROUP_LOCAL_PORT (1 << 2)
 #define GROUP_REMOTE_PORT (1 << 3)
+#define GROUP_CGROUP (1 << 4)
 
 #define FILTER_LOCAL_PORT (1 << 0)
 #define FILTER_REMOTE_PORT (1 << 1)
@@ -130,7 +154,8 @@ struct series_key {
 	__u16 remote_port;
 	__u8 family;          // 4, 6, or 0 when nothing is grouped
 	__u8 pad[3];
-} __attribute__((aligned(8))); // compared as five u64 words
+	__u64 cgroup;         // cgroup v2 id, 0 unless GROUP_CGROUP
+} __attribute__((aligned(8))); // its 4-tuple part compared as five u64 words
 
 struct series_ref {
 	__u32 slot;
@@ -143,10 +168,10 @@ struct series_ref {
 // was written at, and its slot.
 
 struct cache_entry {
-	struct series_key tuple;
+	struct series_key tuple; // the 4-tuple part is compared
 	__u32 epoch;
 	__u32 slot;
-	__u64 pad[2];
+	__u64 cgroup_word; // sk_cgrp_data as read, when cgroup is grouped
 };
 
 // Address filter key: one trie for both directions, the direction byte
@@ -369,7 +394,46 @@ static __always_inline void set_v4_mapped(__u8 *a, __be32 v4)
 #define PROBE(sk, field) BPF_CORE_READ(sk, field)
 #define PROBE_ADDR(dst, sk, field) BPF_CORE_READ_INTO(&(dst), sk, field.in6_u.u6_addr8)
 
-// read_tuple fills key with the socket's full 4-tuple.
+#define CGROUP_ROOT_ID 1
+
+// read_cgroup_id returns the id of the socket's cgroup v2, 0 if unknown.
+// Probe reads in every flavour: it runs once per socket where the series
+// is cached, and the verifier drops it unless cgroup is grouped.
+static __always_inline __u64 read_cgroup_id(struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	if (bpf_core_field_exists(struct sock_cgroup_data___old, val)) {
+		struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
+		__u64 val = BPF_CORE_READ(old, val);
+		struct cgroup *cgrp = (struct cgroup *)val;
+
+		// As sock_cgroup_ptr() before 5.15.
+		if (!val || (val & 3))
+			return CGROUP_ROOT_ID;
+		return BPF_CORE_READ(cgrp, kn, id);
+	}
+	return 0;
+}
+
+// read_cgroup_word reads the socket's sk_cgrp_data word (the cgroup
+// pointer, or before 5.15 the value holding it): one load that tells
+// whether a cache entry was written for a socket of the same cgroup,
+// without following the pointer to the id.
+static __always_inline __u64 read_cgroup_word(struct sock *sk)
+{
+	if (bpf_core_field_exists(struct sock_cgroup_data, cgroup))
+		return (__u64)BPF_CORE_READ(sk, sk_cgrp_data.cgroup);
+	if (bpf_core_field_exists(struct sock_cgroup_data___old, val)) {
+		struct sock_cgroup_data___old *old = (void *)&sk->sk_cgrp_data;
+
+		return BPF_CORE_READ(old, val);
+	}
+	return 0;
+}
+
+// read_tuple fills key with the socket's full 4-tuple (the cgroup is
+// read only when the socket is resolved).
 static __always_inline bool read_tuple(struct sock *sk, const bool btf, struct series_key *key)
 {
 	if (btf)
@@ -470,15 +534,17 @@ static __always_inline __u32 lookup_series(struct series_key *key)
 	return slot;
 }
 
-// resolve decides the slot of a socket with this tuple: filtered, or its
+// resolve decides the slot of socket sk with this tuple: filtered, or its
 // series' row.
-static __always_inline __u32 resolve(const struct series_key *tuple)
+static __always_inline __u32 resolve(struct sock *sk, const struct series_key *tuple)
 {
 	struct series_key key = *tuple;
 
 	if (!tuple_allowed(&key))
 		return SLOT_FILTERED;
 	mask_tuple(&key);
+	if (cfg_group_by & GROUP_CGROUP)
+		key.cgroup = read_cgroup_id(sk);
 	return lookup_series(&key);
 }
 
@@ -497,7 +563,7 @@ static __always_inline int record(struct sock *sk, const bool btf)
 	struct series_key tuple = {};
 	struct cache_entry *entry;
 	__u32 raw, slot, index, cpu, zero = 0;
-	__u64 *epoch;
+	__u64 *epoch, cgroup_word = 0;
 
 	if (!sk || !read_srtt(sk, btf, &raw) || !read_tuple(sk, btf, &tuple)) {
 		count_stat(STAT_ERRORS);
@@ -514,16 +580,20 @@ static __always_inline int record(struct sock *sk, const bool btf)
 	cpu = bpf_get_smp_processor_id();
 	index = cpu * cfg_cache_entries + (read_hash(sk, btf) & (cfg_cache_entries - 1));
 	entry = bpf_map_lookup_elem(&sk_cache, &index);
-	if (entry && entry->epoch == (__u32)*epoch && same_tuple(&entry->tuple, &tuple)) {
+	if (cfg_group_by & GROUP_CGROUP)
+		cgroup_word = read_cgroup_word(sk);
+	if (entry && entry->epoch == (__u32)*epoch && same_tuple(&entry->tuple, &tuple) &&
+	    entry->cgroup_word == cgroup_word) {
 		slot = entry->slot;
 	} else {
 		__u32 now = (__u32)*epoch;
 
-		slot = resolve(&tuple);
+		slot = resolve(sk, &tuple);
 		if (entry) {
 			entry->tuple = tuple;
 			entry->slot = slot;
 			entry->epoch = now;
+			entry->cgroup_word = cgroup_word;
 		}
 	}
 	if (slot == SLOT_FILTERED) {

@@ -28,11 +28,11 @@ type TcprttBucketEntry struct {
 }
 
 type TcprttCacheEntry struct {
-	_     structs.HostLayout
-	Tuple TcprttSeriesKey
-	Epoch uint32
-	Slot  uint32
-	Pad   [2]uint64
+	_          structs.HostLayout
+	Tuple      TcprttSeriesKey
+	Epoch      uint32
+	Slot       uint32
+	CgroupWord uint64
 }
 
 type TcprttSelftestValues struct {
@@ -48,6 +48,7 @@ type TcprttSeriesKey struct {
 	RemotePort uint16
 	Family     uint8
 	Pad        [3]uint8
+	Cgroup     uint64
 }
 
 type TcprttSeriesRef struct {

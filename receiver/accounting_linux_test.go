@@ -129,6 +129,12 @@ func TestAccountingIdentity(t *testing.T) {
 			c.GroupBy = []string{"remote_address", "remote_port"}
 			c.MaxSeries = 2
 		},
+		"cgroup": func(c *Config) { c.GroupBy = []string{"cgroup", "remote_address"} },
+		// Cgroups count toward max_series like any other key.
+		"cgroup_overflow": func(c *Config) {
+			c.GroupBy = []string{"cgroup", "remote_address", "remote_port"}
+			c.MaxSeries = 2
+		},
 	}
 	for name, mutate := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -142,7 +148,7 @@ func TestAccountingIdentity(t *testing.T) {
 					}
 					a := readAccounting(t, s)
 					checkIdentity(t, a)
-					if name == "overflow" {
+					if name == "overflow" || name == "cgroup_overflow" {
 						assert.Equal(t, 2, a.series, "max_series series")
 						assert.Positive(t, a.overflowed, "the rest went to the overflow series")
 					}

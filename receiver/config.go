@@ -24,8 +24,8 @@ type Config struct {
 	scraperhelper.ControllerConfig `mapstructure:",squash"`
 
 	// GroupBy lists the socket fields that distinguish series:
-	// local_address, remote_address, local_port, remote_port. Empty gives
-	// one histogram for the whole host.
+	// local_address, remote_address, local_port, remote_port, cgroup (one
+	// resource per cgroup v2). Empty gives one histogram for the whole host.
 	GroupBy []string `mapstructure:"group_by"`
 	// Filter restricts which sockets are measured.
 	Filter FilterConfig `mapstructure:"filter"`
@@ -71,6 +71,7 @@ const (
 	groupRemoteAddress = "remote_address"
 	groupLocalPort     = "local_port"
 	groupRemotePort    = "remote_port"
+	groupCgroup        = "cgroup"
 )
 
 var groupBits = map[string]kmaps.GroupBy{
@@ -78,6 +79,7 @@ var groupBits = map[string]kmaps.GroupBy{
 	groupRemoteAddress: kmaps.GroupRemoteAddress,
 	groupLocalPort:     kmaps.GroupLocalPort,
 	groupRemotePort:    kmaps.GroupRemotePort,
+	groupCgroup:        kmaps.GroupCgroup,
 }
 
 // Defaults.
@@ -248,7 +250,7 @@ func (c *Config) groupBy() (kmaps.GroupBy, error) {
 		bit, ok := groupBits[name]
 		switch {
 		case !ok:
-			errs = append(errs, fmt.Errorf("group_by[%d]: %q is not one of local_address, remote_address, local_port, remote_port", i, name))
+			errs = append(errs, fmt.Errorf("group_by[%d]: %q is not one of local_address, remote_address, local_port, remote_port, cgroup", i, name))
 		case g.Has(bit):
 			errs = append(errs, fmt.Errorf("group_by[%d]: %q is listed twice", i, name))
 		}

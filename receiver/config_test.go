@@ -280,7 +280,7 @@ func TestValidateReportsEveryError(t *testing.T) {
 	require.Error(t, err)
 	msg := err.Error()
 	for _, w := range []string{
-		`group_by[0]: "peer"`,
+		`group_by[0]: "peer" is not one of local_address, remote_address, local_port, remote_port, cgroup`,
 		`group_by[2]: "local_port" is listed twice`,
 		"filter.local_ports[0]: port 0 ",
 		"filter.local_ports[2]: port 70000 ",
@@ -325,8 +325,9 @@ func TestValidateAccepts(t *testing.T) {
 		{"empty group_by", func(c *Config) { c.GroupBy = []string{} }},
 		{"nil group_by", func(c *Config) { c.GroupBy = nil }},
 		{"every group_by", func(c *Config) {
-			c.GroupBy = []string{"remote_port", "local_port", "remote_address", "local_address"}
+			c.GroupBy = []string{"remote_port", "local_port", "remote_address", "local_address", "cgroup"}
 		}},
+		{"cgroup alone", func(c *Config) { c.GroupBy = []string{"cgroup"} }},
 		{"delta", func(c *Config) { c.Temporality = "delta" }},
 		{"scale 0", func(c *Config) { c.Scale = 0 }},
 		{"scale 8", func(c *Config) { c.Scale = 8 }},
@@ -420,6 +421,8 @@ func TestLoaderSpecGroupByBits(t *testing.T) {
 		{[]string{"remote_port"}, kmaps.GroupRemotePort},
 		{[]string{"remote_port", "local_address"}, kmaps.GroupRemotePort | kmaps.GroupLocalAddress},
 		{[]string{"local_address", "remote_address", "local_port", "remote_port"}, 0b1111},
+		{[]string{"cgroup"}, kmaps.GroupCgroup},
+		{[]string{"cgroup", "remote_address"}, kmaps.GroupCgroup | kmaps.GroupRemoteAddress},
 	}
 	for _, tt := range tests {
 		c := createDefaultConfig()
@@ -433,6 +436,7 @@ func TestLoaderSpecGroupByBits(t *testing.T) {
 	assert.Equal(t, kmaps.GroupBy(2), kmaps.GroupRemoteAddress)
 	assert.Equal(t, kmaps.GroupBy(4), kmaps.GroupLocalPort)
 	assert.Equal(t, kmaps.GroupBy(8), kmaps.GroupRemotePort)
+	assert.Equal(t, kmaps.GroupBy(16), kmaps.GroupCgroup)
 }
 
 func TestLoaderSpecDefaults(t *testing.T) {

@@ -8,12 +8,14 @@ import (
 	"time"
 
 	"go.opentelemetry.io/collector/component"
+	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 	"go.opentelemetry.io/collector/receiver"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.uber.org/zap"
 
+	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
@@ -29,6 +31,7 @@ type rttScraper struct {
 
 	tracer    *loader.Tracer
 	converter *convert.Converter
+	cgroups   *cgroup.Resolver // with group_by cgroup
 	telemetry *metadata.TelemetryBuilder
 
 	// Reused across scrapes (scrapes never overlap).
@@ -64,17 +67,27 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 			_ = s.shutdown(context.Background())
 		}
 	}()
-	s.converter, err = convert.New(convert.Options{
+	opts := convert.Options{
 		Table:       spec.Table,
 		GroupBy:     spec.GroupBy,
 		Temporality: convert.Temporality(s.cfg.Temporality),
 		Start:       s.tracer.AttachedAt(),
 		MaxBuckets:  s.cfg.MaxBuckets,
-	})
+	}
+	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
+	if spec.GroupBy.Has(kmaps.GroupCgroup) {
+		root, err := cgroup.FindMount()
+		if err != nil {
+			return fmt.Errorf("tcprtt: group_by cgroup: %w", err)
+		}
+		s.cgroups = cgroup.NewResolver(root)
+		opts.Cgroups = s.cgroups
+		fields = append(fields, zap.String("cgroup_root", root))
+	}
+	s.converter, err = convert.New(opts)
 	if err != nil {
 		return err
 	}
-	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
 	if refused := loader.DescribeAttempts(s.tracer.Attempts()); refused != "" {
 		fields = append(fields, zap.String("refused", refused))
 	}
@@ -118,17 +131,21 @@ func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	}
 	now := time.Now()
 	md := pmetric.NewMetrics()
-	rm := md.ResourceMetrics().AppendEmpty()
-	sm := rm.ScopeMetrics().AppendEmpty()
-	sm.Scope().SetName(metadata.ScopeName)
-	sm.Scope().SetVersion(s.settings.BuildInfo.Version)
-	s.converter.Append(&s.snap, now, sm.Metrics())
-	if sm.Metrics().Len() == 0 {
-		// Nothing to say (no traffic, or none new in delta): no empty
-		// resource or scope either. dropEmpty keeps the batch itself
-		// from reaching the pipeline.
-		md = pmetric.NewMetrics()
-	}
+	s.converter.AppendResources(&s.snap, now, md.ResourceMetrics(), func(scope pcommon.InstrumentationScope) {
+		scope.SetName(metadata.ScopeName)
+		scope.SetVersion(s.settings.BuildInfo.Version)
+	})
+	// Nothing to say (no traffic, or none new in delta): no empty
+	// resource or scope either. dropEmpty keeps the batch itself from
+	// reaching the pipeline.
+	md.ResourceMetrics().RemoveIf(func(rm pmetric.ResourceMetrics) bool {
+		for _, sm := range rm.ScopeMetrics().All() {
+			if sm.Metrics().Len() > 0 {
+				return false
+			}
+		}
+		return true
+	})
 
 	// Expired series' final counts are in Stats.Expired, so the totals
 	// stay monotonic when series come and go.

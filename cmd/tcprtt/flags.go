@@ -65,6 +65,7 @@ var flagDefs = []flagDef{
 	{"A", "raddr", "ADDRS", "only sockets with a remote address in ADDRS"},
 	{"b", "byladdr", "", "one histogram per local address"},
 	{"B", "byraddr", "", "one histogram per remote address (not with -b)"},
+	{"C", "bycgroup", "", "one histogram per cgroup v2 of the sockets' creators,\nheaded by its path; with -b or -B, one per cgroup\nand address"},
 	{"e", "extension", "", "show the average RTT and the sample count of\neach histogram"},
 	{"4", "ipv4", "", "IPv4 only (IPv4-mapped IPv6 sockets are IPv4)"},
 	{"6", "ipv6", "", "IPv6 only (not with -4)"},
@@ -72,7 +73,7 @@ var flagDefs = []flagDef{
 	{"h", "help", "", "show this help"},
 }
 
-const usageHead = `Usage: tcprtt [-h] [-v] [-T] [-m] [-e] [-b | -B] [-4 | -6] [-s SCALE]
+const usageHead = `Usage: tcprtt [-h] [-v] [-T] [-m] [-e] [-b | -B] [-C] [-4 | -6] [-s SCALE]
               [-i SECONDS] [-d SECONDS] [-p PORTS] [-P PORTS]
               [-a ADDRS] [-A ADDRS]
 
@@ -106,11 +107,15 @@ Reading the output:
   lower if there are samples at or below 1); at higher scales they start at
   the lowest non-empty row. A row "0" (shown only if non-zero) counts samples
   of sockets with no RTT estimate yet (srtt 0).
-  With -b or -B, up to %d addresses at a time get their own histogram
-  (fewer at scales >= 5, to keep the kernel's counters within %d MiB; -v
-  prints the limit); an address silent for %d minutes gives its place up.
-  Samples of further addresses share one histogram, "Other remote (or
-  local) addresses (over the N series limit)".
+  With -b, -B or -C, up to %d addresses (cgroups, cgroup and address
+  pairs) at a time get their own histogram (fewer at scales >= 5, to keep
+  the kernel's counters within %d MiB; -v prints the limit); one silent for
+  %d minutes gives its place up. Samples of further ones share one
+  histogram, "Other remote (or local) addresses (over the N series limit)".
+  -C: a socket counts in the cgroup v2 of the process that created it (an
+  accepted socket in its listener's), even after that process moved; a
+  cgroup removed since shows its last path. Needs the cgroup v2 hierarchy
+  (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts).
 
 Examples:
   tcprtt                      # one histogram of all sockets, printed at Ctrl-C
@@ -119,6 +124,8 @@ Examples:
   tcprtt -i 5 -B -e -p 443    # per remote address, with averages, for
                               # the sockets of local port 443
   tcprtt -A 10.0.0.0/8,fd00::/8 -s 3   # finer rows (8 per power of two)
+  tcprtt -i 10 -C -B          # per cgroup (container, pod, service) and
+                              # remote address
 
 Exit status: 0 when done or interrupted (Ctrl-C/SIGTERM prints the last,
 partial interval first), 1 when the program cannot be loaded or read (for
@@ -158,6 +165,7 @@ type rawFlags struct {
 	interval, duration, scale string
 	timestamp, millisecond    bool
 	byLocal, byRemote         bool
+	byCgroup                  bool
 	extended, verbose, help   bool
 	ipv4, ipv6                bool
 
@@ -172,7 +180,7 @@ func (r *rawFlags) flagSet() *flag.FlagSet {
 	str := map[string]*string{"i": &r.interval, "d": &r.duration, "s": &r.scale}
 	lists := map[string]*listFlag{"p": &r.localPorts, "P": &r.remotePorts, "a": &r.localAddrs, "A": &r.remoteAddrs}
 	bools := map[string]*bool{
-		"T": &r.timestamp, "m": &r.millisecond, "b": &r.byLocal, "B": &r.byRemote,
+		"T": &r.timestamp, "m": &r.millisecond, "b": &r.byLocal, "B": &r.byRemote, "C": &r.byCgroup,
 		"e": &r.extended, "4": &r.ipv4, "6": &r.ipv6, "v": &r.verbose, "h": &r.help,
 	}
 	for _, d := range flagDefs {
@@ -301,6 +309,9 @@ func parseArgs(args []string) (*options, error) {
 		o.groupBy = kmaps.GroupLocalAddress
 	case r.byRemote:
 		o.groupBy = kmaps.GroupRemoteAddress
+	}
+	if r.byCgroup {
+		o.groupBy |= kmaps.GroupCgroup
 	}
 	switch {
 	case r.ipv4 && r.ipv6:

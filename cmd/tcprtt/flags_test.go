@@ -57,6 +57,12 @@ func TestParseArgs(t *testing.T) {
 			want: with(func(o *options) { o.extended, o.scale = true, 3 })},
 		{name: "per local address", args: []string{"-b"},
 			want: with(func(o *options) { o.groupBy = kmaps.GroupLocalAddress })},
+		{name: "per cgroup", args: []string{"-C"},
+			want: with(func(o *options) { o.groupBy = kmaps.GroupCgroup })},
+		{name: "per cgroup and remote address", args: []string{"-BC"},
+			want: with(func(o *options) { o.groupBy = kmaps.GroupCgroup | kmaps.GroupRemoteAddress })},
+		{name: "per cgroup and local address, long", args: []string{"--bycgroup", "--byladdr"},
+			want: with(func(o *options) { o.groupBy = kmaps.GroupCgroup | kmaps.GroupLocalAddress })},
 		{name: "ipv4", args: []string{"-4"}, want: with(func(o *options) { o.family = 4 })},
 		{name: "ipv6", args: []string{"--ipv6"}, want: with(func(o *options) { o.family = 6 })},
 		{name: "ports: lists and repeats", args: []string{"-p", "80,443", "-p", "8080", "-P", "22"},
@@ -134,7 +140,7 @@ func TestHelp(t *testing.T) {
 	}
 	for _, want := range []string{
 		"low < srtt <= high", "exclusive\n  below, inclusive above", "Ctrl-C", "CAP_BPF", "Exit status",
-		"1 -> 2", "lowest non-empty row",
+		"1 -> 2", "lowest non-empty row", "cgroup v2 of the process that created it", "-C -B",
 	} {
 		if !strings.Contains(u, want) {
 			t.Errorf("usage does not say %q", want)

@@ -18,6 +18,7 @@ import (
 // address (or of all sockets) during one interval.
 type histogram struct {
 	addr     netip.Addr // the grouped address; invalid for "All Addresses"
+	cgroup   uint64     // the cgroup v2 id, with -C
 	overflow bool       // samples of addresses beyond the series limit
 	zero     uint64     // samples with srtt exactly 0
 	sum      uint64     // of raw srtt values, in 1/8 µs
@@ -69,6 +70,7 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 	iv.round++
 	type displayKey struct {
 		addr     netip.Addr
+		cgroup   uint64
 		overflow bool
 	}
 	merged := map[displayKey]*histogram{}
@@ -89,10 +91,11 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 		dk := displayKey{overflow: s.Overflow}
 		if !s.Overflow {
 			dk.addr = iv.address(s.Key)
+			dk.cgroup = s.Key.Cgroup
 		}
 		h := merged[dk]
 		if h == nil {
-			h = &histogram{addr: dk.addr, overflow: dk.overflow, buckets: make([]uint64, iv.numBuckets)}
+			h = &histogram{addr: dk.addr, cgroup: dk.cgroup, overflow: dk.overflow, buckets: make([]uint64, iv.numBuckets)}
 			merged[dk] = h
 		}
 		d := &iv.delta
@@ -123,6 +126,12 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 			}
 			return -1
 		}
+		if a.cgroup != b.cgroup {
+			if a.cgroup < b.cgroup {
+				return -1
+			}
+			return 1
+		}
 		return a.addr.Compare(b.addr)
 	})
 	return out
@@ -152,6 +161,8 @@ type renderer struct {
 	groupBy   kmaps.GroupBy
 	maxSeries uint32 // for the overflow histogram's header
 	extended  bool
+	// cgroupName names a cgroup id in headers (with -C).
+	cgroupName func(id uint64) string
 }
 
 func unitName(u bucket.Unit) string {
@@ -166,6 +177,24 @@ func (r *renderer) title(h *histogram) string {
 	side := "remote"
 	if r.groupBy.Has(kmaps.GroupLocalAddress) {
 		side = "local"
+	}
+	byAddr := r.groupBy.Has(kmaps.GroupLocalAddress) || r.groupBy.Has(kmaps.GroupRemoteAddress)
+	if r.groupBy.Has(kmaps.GroupCgroup) {
+		switch {
+		case h.overflow && byAddr:
+			return fmt.Sprintf("Other cgroups and %s addresses (over the %d series limit)", side, r.maxSeries)
+		case h.overflow:
+			return fmt.Sprintf("Other cgroups (over the %d series limit)", r.maxSeries)
+		}
+		title := "Cgroup = " + r.cgroupName(h.cgroup)
+		switch {
+		case !h.addr.IsValid():
+			return title
+		case side == "local":
+			return title + ", Local Address = " + h.addr.String()
+		default:
+			return title + ", Remote Address = " + h.addr.String()
+		}
 	}
 	switch {
 	case h.overflow:

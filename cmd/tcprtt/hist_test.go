@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
+	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 )
 
@@ -56,6 +57,20 @@ func series(table *bucket.Table, key kmaps.Key, s samples) kmaps.Series {
 	}
 	out.Summarize() // as the loader's read does
 	return out
+}
+
+func cgroupKey(k kmaps.Key, id uint64) kmaps.Key {
+	k.Cgroup = id
+	return k
+}
+
+// fakeCgroupName names cgroups as cgroupName does from a resolver.
+func fakeCgroupName(id uint64) string {
+	paths := map[uint64]string{
+		42:   "/system.slice/ssh.service",
+		7001: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5d2f7a3c_8c4b_4a8e_9c51_0f2b7c9d1e23.slice/cri-containerd-3f1c2b7e9a8d4c6b5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f.scope",
+	}
+	return cgroupName(cgroup.Info{ID: id, Path: paths[id]})
 }
 
 func remoteKey(addr string) kmaps.Key {
@@ -117,7 +132,7 @@ func render(t *testing.T, r *renderer, stamp string, snaps ...*kmaps.Snapshot) s
 }
 
 var (
-	headerRE = regexp.MustCompile(`^(All Addresses|(?:Local|Remote) Address = \S+|Other .* limit\))(?: \[AVG ([0-9.]+) \w+, COUNT (\d+)\])?$`)
+	headerRE = regexp.MustCompile(`^(All Addresses|(?:Cgroup = (?:/\S*|\(id \d+, removed\)|\(unknown\))(?:, )?)?(?:(?:Local|Remote) Address = \S+)?|Other .* limit\))(?: \[AVG ([0-9.]+) \w+, COUNT (\d+)\])?$`)
 	rowRE    = regexp.MustCompile(`^ *([0-9.]+)(?: -> ([0-9.]+))? *: (\d+) +\|([* ]{40})\|$`)
 )
 
@@ -266,6 +281,32 @@ func TestGolden(t *testing.T) {
 			snaps: []*kmaps.Snapshot{{Series: []kmaps.Series{
 				series(us3, localKey("2001:db8::1"), samples{us(22): 7, us(23.5): 9, us(26): 2}),
 				series(us3, localKey("192.168.1.20"), samples{us(180): 40, us(220): 44, us(260): 3}),
+			}}},
+		},
+		{
+			// Per cgroup and remote address, in cgroup id order: a removed
+			// cgroup never seen shows its id; the overflow series last.
+			name: "scale0_bycgroup_byraddr_extended",
+			r:    &renderer{table: us0, unitName: "usecs", groupBy: kmaps.GroupCgroup | kmaps.GroupRemoteAddress, maxSeries: 4, extended: true, cgroupName: fakeCgroupName},
+			snaps: []*kmaps.Snapshot{{Series: []kmaps.Series{
+				series(us0, cgroupKey(remoteKey("127.0.0.3"), 7001), samples{us(20): 5, us(40): 5}),
+				series(us0, cgroupKey(remoteKey("10.0.0.7"), 42), samples{us(300): 10}),
+				series(us0, cgroupKey(remoteKey("127.0.0.3"), 42), samples{us(30): 2}),
+				series(us0, cgroupKey(remoteKey("::1"), 9999), samples{us(70): 1}),
+				func() kmaps.Series {
+					s := series(us0, kmaps.Key{}, samples{us(5000): 3})
+					s.Overflow, s.Slot = true, 4
+					return s
+				}(),
+			}}},
+		},
+		{
+			name: "scale0_bycgroup",
+			r:    &renderer{table: us0, unitName: "usecs", groupBy: kmaps.GroupCgroup, maxSeries: 4, cgroupName: fakeCgroupName},
+			snaps: []*kmaps.Snapshot{{Series: []kmaps.Series{
+				series(us0, cgroupKey(kmaps.Key{Family: 4}, 7001), samples{us(20): 5, us(40): 5}),
+				series(us0, cgroupKey(kmaps.Key{Family: 6}, 7001), samples{us(40): 1}),
+				series(us0, cgroupKey(kmaps.Key{Family: 4}, 42), samples{us(300): 10}),
 			}}},
 		},
 		{

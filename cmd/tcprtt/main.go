@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
 )
@@ -71,6 +72,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		extended:  opts.extended,
 	}
 	p := &printer{tracer: tracer, intervals: newIntervals(spec.GroupBy, spec.Table.NumBuckets), r: r, out: out, timestamp: opts.timestamp}
+	if spec.GroupBy.Has(kmaps.GroupCgroup) {
+		root, err := cgroup.FindMount()
+		if err != nil {
+			fmt.Fprintf(stderr, "tcprtt: -C: %v\n", err)
+			return 1
+		}
+		p.cgroups = cgroup.NewResolver(root)
+		r.cgroupName = func(id uint64) string { return cgroupName(p.cgroups.Lookup(id)) }
+	}
 
 	if opts.duration > 0 {
 		fmt.Fprintf(out, "Tracing TCP RTT for %s secs.\n", formatSeconds(opts.duration))
@@ -92,6 +102,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			p.snap.Stats.Filtered, p.snap.Stats.Errors)
 	}
 	return 0
+}
+
+// cgroupName is the path of a cgroup, or its id when the path is not
+// known (removed before it could be looked up).
+func cgroupName(info cgroup.Info) string {
+	switch {
+	case info.Path != "":
+		return info.Path
+	case info.ID == 0:
+		return "(unknown)"
+	}
+	return fmt.Sprintf("(id %d, removed)", info.ID)
 }
 
 // formatSeconds prints d in seconds without a trailing ".0".
@@ -151,8 +173,9 @@ type printer struct {
 	out       *bufio.Writer
 	timestamp bool
 
-	snap kmaps.Snapshot
-	rows []uint64
+	snap    kmaps.Snapshot
+	rows    []uint64
+	cgroups *cgroup.Resolver // with -C
 }
 
 func (p *printer) print() error {
@@ -165,6 +188,9 @@ func (p *printer) print() error {
 	}
 	if err := p.r.writeInterval(p.out, stamp, p.intervals.next(&p.snap)); err != nil {
 		return err
+	}
+	if p.cgroups != nil {
+		p.cgroups.EndRound()
 	}
 	return p.out.Flush()
 }

@@ -54,6 +54,9 @@ type Options struct {
 	// table's scale is exported at the finest coarser scale at which it
 	// fits. 0 means no bound (points stay at the table's scale).
 	MaxBuckets int
+	// Cgroups names the cgroup ids of the series keys when GroupBy has
+	// kmaps.GroupCgroup (see AppendResources); nil reports ids alone.
+	Cgroups CgroupResolver
 }
 
 // seriesID identifies one cumulative run of counts: the row (slot) and
@@ -88,6 +91,10 @@ type Converter struct {
 	round    uint64
 	delta    kmaps.Series // scratch
 	merged   []uint64     // scratch of downscaled buckets (FromRaw copies)
+
+	// Scratch of AppendResources.
+	byCgroup []cgroupSeries
+	group    []kmaps.Series
 }
 
 // New returns a Converter for opts.
@@ -127,13 +134,21 @@ func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 // a cumulative series never goes back up in scale, a delta point is sized
 // on its own.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
+	c.round++
+	c.appendMetric(snap.Series, now, ms)
+	c.endRound(now)
+}
+
+// appendMetric appends the tcp.rtt metric of series to ms, within the
+// round begun by the caller.
+func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetric.MetricSlice) {
 	m := ms.AppendEmpty()
 	m.SetName(MetricName)
 	m.SetDescription(MetricDescription)
 	m.SetUnit(string(c.opts.Table.Unit))
 	h := m.SetEmptyExponentialHistogram()
 	dps := h.DataPoints()
-	dps.EnsureCapacity(len(snap.Series))
+	dps.EnsureCapacity(len(series))
 	ts := pcommon.NewTimestampFromTime(now)
 	last := pcommon.NewTimestampFromTime(c.lastTime)
 	delta := c.opts.Temporality == Delta
@@ -143,9 +158,8 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		h.SetAggregationTemporality(pmetric.AggregationTemporalityCumulative)
 	}
 
-	c.round++
-	for i := range snap.Series {
-		s := &snap.Series[i]
+	for i := range series {
+		s := &series[i]
 		id := seriesID{slot: s.Slot, generation: s.Generation}
 		st, ok := c.series[id]
 		if !ok || st.key != s.Key {
@@ -165,12 +179,6 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 		c.appendPoint(dps, st, &c.delta, last, ts)
 		s.CopyCounts(p)
 	}
-	for id, st := range c.series {
-		if st.seen != c.round {
-			delete(c.series, id)
-		}
-	}
-	c.lastTime = now
 	if dps.Len() == 0 {
 		// No TCP traffic yet (or none new, in delta): a metric without
 		// points says nothing, so there is none.
@@ -179,6 +187,16 @@ func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.Metri
 				x.ExponentialHistogram().DataPoints().Len() == 0
 		})
 	}
+}
+
+// endRound forgets the series not seen in the round that ends at now.
+func (c *Converter) endRound(now time.Time) {
+	for id, st := range c.series {
+		if st.seen != c.round {
+			delete(c.series, id)
+		}
+	}
+	c.lastTime = now
 }
 
 func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {

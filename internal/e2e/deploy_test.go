@@ -387,6 +387,8 @@ func TestDeployManifests(t *testing.T) {
 		assert.Contains(t, c.Args, "--config="+mountPath+"/"+key)
 	})
 
+	t.Run("kubernetes workloads", func(t *testing.T) { checkWorkloadsManifests(t, root) })
+
 	t.Run("systemd", func(t *testing.T) {
 		raw, err := os.ReadFile(filepath.Join(root, "deploy/systemd/otelcol-tcprtt.service"))
 		require.NoError(t, err)

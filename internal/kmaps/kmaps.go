@@ -18,6 +18,8 @@ const (
 	GroupRemoteAddress
 	GroupLocalPort
 	GroupRemotePort
+	// GroupCgroup keys series by the socket's cgroup v2 id as well.
+	GroupCgroup
 )
 
 // Has reports whether all fields of f are grouped.
@@ -51,8 +53,8 @@ func PortFilterIndex(dir Direction, port uint16) (word uint32, bit uint64) {
 	return uint32(dir)*1024 + uint32(port>>6), 1 << (port & 63)
 }
 
-// Key is struct series_key: the grouped fields of a socket's 4-tuple,
-// the others zero. Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
+// Key is struct series_key: the grouped fields of a socket's 4-tuple and
+// cgroup, the others zero. Addresses are 16 bytes, IPv4 as ::ffff:a.b.c.d.
 type Key struct {
 	LocalAddr  [16]byte
 	RemoteAddr [16]byte
@@ -60,10 +62,13 @@ type Key struct {
 	RemotePort uint16
 	Family     uint8 // 4, 6, or 0 when nothing is grouped
 	_          [3]uint8
+	// Cgroup is the id of the socket's cgroup v2 (the inode number of its
+	// directory), 0 unless GroupCgroup.
+	Cgroup uint64
 }
 
 // KeySize is the size of struct series_key.
-const KeySize = 40
+const KeySize = 48
 
 // LocalAddress returns the local address, unmapped to IPv4 for IPv4 keys.
 func (k Key) LocalAddress() netip.Addr { return k.addr(k.LocalAddr) }

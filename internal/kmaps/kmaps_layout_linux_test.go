@@ -72,11 +72,11 @@ func TestLayoutMatchesBPF(t *testing.T) {
 
 // The same value encodes to the same bytes through either type.
 func TestBytesMatchBPF(t *testing.T) {
-	k := kmaps.Key{LocalPort: 443, RemotePort: 51000, Family: 4}
+	k := kmaps.Key{LocalPort: 443, RemotePort: 51000, Family: 4, Cgroup: 0x0102030405060708}
 	k.LocalAddr[15], k.RemoteAddr[0] = 1, 0x20
 	g := bpf.TcprttSeriesKey{
 		LocalAddr: k.LocalAddr, RemoteAddr: k.RemoteAddr,
-		LocalPort: k.LocalPort, RemotePort: k.RemotePort, Family: k.Family,
+		LocalPort: k.LocalPort, RemotePort: k.RemotePort, Family: k.Family, Cgroup: k.Cgroup,
 	}
 	assert.Equal(t, bytesOf(t, g), bytesOf(t, k))
 

@@ -15,7 +15,7 @@ import (
 )
 
 func TestBinarySizes(t *testing.T) {
-	assert.Equal(t, 40, kmaps.KeySize)
+	assert.Equal(t, 48, kmaps.KeySize)
 	assert.Equal(t, kmaps.KeySize, binary.Size(kmaps.Key{}))
 	assert.Equal(t, uintptr(kmaps.KeySize), unsafe.Sizeof(kmaps.Key{}))
 	assert.Equal(t, 8, binary.Size(kmaps.Ref{}))
@@ -40,6 +40,7 @@ func TestKeyBytes(t *testing.T) {
 		LocalPort:  0x1234,
 		RemotePort: 0xabcd,
 		Family:     6,
+		Cgroup:     0x1122334455667788,
 	}
 	b := encode(t, k)
 	require.Len(t, b, kmaps.KeySize)
@@ -49,6 +50,7 @@ func TestKeyBytes(t *testing.T) {
 	assert.Equal(t, []byte{0xcd, 0xab}, b[34:36])
 	assert.Equal(t, byte(6), b[36])
 	assert.Equal(t, []byte{0, 0, 0}, b[37:40], "padding")
+	assert.Equal(t, []byte{0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11}, b[40:48], "cgroup id")
 
 	var back kmaps.Key
 	require.NoError(t, binary.Read(bytes.NewReader(b), binary.LittleEndian, &back))

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cilium/ebpf/btf"
+
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 )
@@ -93,6 +95,10 @@ type Spec struct {
 	// cache's kmaps.CacheEntriesPerCPU entries (tests use 1 to make every
 	// socket share one entry).
 	CacheEntries uint32
+	// KernelTypes, if set, are the kernel types CO-RE relocates against
+	// instead of the running kernel's (for tests of other kernels'
+	// struct layouts, such as sock_cgroup_data before 5.15).
+	KernelTypes *btf.Spec
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8

@@ -132,7 +132,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		return nil, err
 	}
 
-	coll, err := ebpf.NewCollection(cs)
+	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
+		Programs: ebpf.ProgramOptions{KernelTypes: spec.KernelTypes},
+	})
 	if err != nil {
 		return nil, explainLoad(mode, err, currentLoadEnv())
 	}
