@@ -33,10 +33,13 @@ var AutoOrder = []Mode{ModeFentry, ModeTpBtf, ModeRawTp, ModeTracepoint}
 
 // OrderFor is the order ModeAuto tries the flavours in on a kernel of
 // release (uname -r). Before 5.11 raw_tp comes first: on Debian 11's
-// 5.10.0-46, several fentry programs attached to tcp_rcv_established at
-// once (tcprtt started in parallel) left every CPU in soft lockups in the
-// kernel matrix, while raw_tp did not; fentry and tp_btf stay available
-// when forced (and are measured there one at a time).
+// 5.10.0-46 under qemu, several fentry programs attached to
+// tcp_rcv_established at once (tcprtt started in parallel) left every
+// CPU in soft lockups, while raw_tp did not. That may be an artefact of
+// emulation (6.12 once hit an int3 oops at the same patched call site
+// there), but raw_tp costs little more now that every flavour uses the
+// same per-CPU cache, so old kernels get the flavour that does not patch
+// kernel text. fentry and tp_btf stay available when forced.
 func OrderFor(release string) []Mode {
 	var major, minor int
 	if _, err := fmt.Sscanf(release, "%d.%d", &major, &minor); err == nil && (major < 5 || major == 5 && minor < 11) {
