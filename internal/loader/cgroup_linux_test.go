@@ -85,7 +85,7 @@ func TestCgroupID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	all := []Mode{ModeTpBtf, ModeRawTp, ModeTracepoint}
+	all := AutoOrder
 	// With other types than the running kernel's only the flavours that
 	// read with probe helpers load: tp_btf's direct loads are checked by
 	// the verifier against the running kernel's own types.
@@ -104,6 +104,7 @@ func TestCgroupID(t *testing.T) {
 		types := l.types
 		for _, mode := range l.modes {
 			t.Run(fmt.Sprintf("%s/%s", l.name, mode), func(t *testing.T) {
+				requireFlavour(t, mode)
 				tr, err := Open(Spec{Mode: mode, GroupBy: kmaps.GroupCgroup | kmaps.GroupLocalPort,
 					Table: table, MaxSeries: 16, HelperReads: types != nil, KernelTypes: types})
 				if err != nil {
