@@ -118,7 +118,7 @@ struct trace_event_raw_tcp_probe {
 #define FILTER_REMOTE_ADDR (1 << 3)
 
 // Row layout of the counts array.
-#define ROW_UNUSED 0
+#define ROW_GENERATION 0 // user space's count of the row's reuses; never touched here
 #define ROW_ZERO 1
 #define ROW_BUCKETS 2
 
