@@ -165,7 +165,6 @@ func (l Layout) SumStride() uint32 { return (l.Rows() + 7) &^ 7 }
 // SumBytes is the size of the cpu_sums array on ncpu possible CPUs.
 func (l Layout) SumBytes(ncpu int) uint64 { return uint64(l.SumStride()) * uint64(ncpu) * 8 }
 
-
 // CountBytes is the size of the counts array.
 func (l Layout) CountBytes() uint64 { return l.Entries() * 8 }
 
