@@ -43,9 +43,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 
 	emit := func(s *kmaps.Series) {
 		final := *s
-		start := len(packed)
-		packed = append(packed, s.Buckets...)
-		final.Buckets = packed[start:len(packed):len(packed)]
+		pack(&final, &packed) // s.Buckets is the lifecycle's scratch
 		snap.Series = append(snap.Series, final)
 	}
 	t.live = nil // built on first use, from this Read's index
@@ -98,16 +96,24 @@ func (t *Tracer) readSeries(s *kmaps.Series, packed *[]uint64) error {
 	if err := kmaps.DecodeRow(t.scratch, t.layout, s); err != nil {
 		return err
 	}
-	start := len(*packed)
-	*packed = append(*packed, s.Buckets...)
-	s.Buckets = (*packed)[start:len(*packed):len(*packed)]
+	pack(s, packed)
 	return nil
 }
 
-// words is the mmapped counts array as u64 words.
-func (t *Tracer) words() []uint64 {
-	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.counts))), len(t.counts)/8)
+// pack appends s.Buckets to packed and makes s.Buckets alias the copy.
+func pack(s *kmaps.Series, packed *[]uint64) {
+	start := len(*packed)
+	*packed = append(*packed, s.Buckets...)
+	s.Buckets = (*packed)[start:len(*packed):len(*packed)]
 }
+
+// asWords views an mmapped array of u64 values as a slice.
+func asWords(b []byte) []uint64 {
+	return unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(b))), len(b)/8)
+}
+
+// words is the mmapped counts array as u64 words.
+func (t *Tracer) words() []uint64 { return asWords(t.counts) }
 
 func (t *Tracer) word(slot, word uint32) *uint64 {
 	return &t.words()[uint64(slot)*uint64(t.layout.Stride())+uint64(word)]
@@ -127,8 +133,7 @@ func (t *Tracer) loadRow(slot uint32, row []uint64) {
 
 // sumWord is CPU cpu's sum of slot in the mmapped cpu_sums array.
 func (t *Tracer) sumWord(cpu int, slot uint32) *uint64 {
-	words := unsafe.Slice((*uint64)(unsafe.Pointer(unsafe.SliceData(t.sums))), len(t.sums)/8)
-	return &words[uint64(cpu)*uint64(t.layout.SumStride())+uint64(slot)]
+	return &asWords(t.sums)[uint64(cpu)*uint64(t.layout.SumStride())+uint64(slot)]
 }
 
 // slotSum is the sum of slot over every CPU, plus what user space moved

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
-	"unsafe"
 
 	"github.com/cilium/ebpf"
 
@@ -98,7 +97,7 @@ func (r kernelRows) ReresolveOverflow() error {
 
 // bumpEpoch makes every entry of the per-CPU socket cache stale.
 func (t *Tracer) bumpEpoch() {
-	atomic.AddUint64((*uint64)(unsafe.Pointer(unsafe.SliceData(t.epoch))), 1)
+	atomic.AddUint64(&asWords(t.epoch)[0], 1)
 }
 
 // liveSlot returns the row key has in the index read by this Read.
