@@ -206,23 +206,30 @@ func TestNewRejectsBadOptions(t *testing.T) {
 	assert.ErrorContains(t, err, "sometimes")
 }
 
-// BenchmarkAppend converts 10k series of 30 buckets, without the kernel.
-func BenchmarkAppend(b *testing.B) {
-	table, err := bucket.NewTable(3, bucket.Seconds)
-	require.NoError(b, err)
-	g := kmaps.GroupRemoteAddress
+// syntheticSnapshot is 10k series, one per remote address, each with
+// buckets first..first+width-1 holding 1, 2, ….
+func syntheticSnapshot(table *bucket.Table, first, width int) *kmaps.Snapshot {
 	snap := &kmaps.Snapshot{}
 	for i := range 10000 {
 		s := kmaps.Series{Slot: uint32(i), Buckets: make([]uint64, table.NumBuckets)}
 		s.Key.Family = 4
 		s.Key.RemoteAddr = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}).As16()
-		for j := range 30 {
-			s.Buckets[100+j] = uint64(j + 1)
+		for j := range width {
+			s.Buckets[first+j] = uint64(j + 1)
 		}
 		s.Sum = 123456
 		s.Summarize()
 		snap.Series = append(snap.Series, s)
 	}
+	return snap
+}
+
+// BenchmarkAppend converts 10k series of 30 buckets, without the kernel.
+func BenchmarkAppend(b *testing.B) {
+	table, err := bucket.NewTable(3, bucket.Seconds)
+	require.NoError(b, err)
+	g := kmaps.GroupRemoteAddress
+	snap := syntheticSnapshot(table, 100, 30)
 	for _, temp := range []Temporality{Cumulative, Delta} {
 		b.Run(string(temp), func(b *testing.B) {
 			c, err := New(Options{Table: table, GroupBy: g, Temporality: temp, Start: attach})

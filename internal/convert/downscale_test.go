@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"net/netip"
 	"testing"
 	"time"
 
@@ -271,18 +270,7 @@ func BenchmarkAppendScale8(b *testing.B) {
 	table, err := bucket.NewTable(8, bucket.Seconds)
 	require.NoError(b, err)
 	g := kmaps.GroupRemoteAddress
-	snap := &kmaps.Snapshot{}
-	for i := range 10000 {
-		s := kmaps.Series{Slot: uint32(i), Buckets: make([]uint64, table.NumBuckets)}
-		s.Key.Family = 4
-		s.Key.RemoteAddr = netip.AddrFrom4([4]byte{10, 0, byte(i >> 8), byte(i)}).As16()
-		for j := range width {
-			s.Buckets[3000+j] = uint64(j + 1)
-		}
-		s.Sum = 123456
-		s.Summarize()
-		snap.Series = append(snap.Series, s)
-	}
+	snap := syntheticSnapshot(table, 3000, width)
 	for _, maxBuckets := range []int{0, defaultMaxBuckets} {
 		for _, temp := range []Temporality{Cumulative, Delta} {
 			name := fmt.Sprintf("buckets=%d/max=%d/%s", width, maxBuckets, temp)

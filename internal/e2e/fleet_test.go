@@ -182,10 +182,7 @@ func loadYAML(t *testing.T, path string) map[string]any {
 // it receives every collection in order).
 func writeAgentConfig(t *testing.T, a agentSpec, gatewayURL, sinkURL, exporterSettings string) string {
 	t.Helper()
-	temporality := a.temporality
-	if temporality == "" {
-		temporality = "cumulative"
-	}
+	temporality := temporalityName(a)
 	cfg := fmt.Sprintf(`# fleet end-to-end test: agent %[1]s (generated)
 receivers:
   tcprtt:
