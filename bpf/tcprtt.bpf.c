@@ -562,7 +562,7 @@ static __always_inline int record(struct sock *sk, const bool btf)
 {
 	struct series_key tuple = {};
 	struct cache_entry *entry;
-	__u32 raw, slot, index, cpu, zero = 0;
+	__u32 raw, slot, index, cpu, now, zero = 0;
 	__u64 *epoch, cgroup_word = 0;
 
 	if (!sk || !read_srtt(sk, btf, &raw) || !read_tuple(sk, btf, &tuple)) {
@@ -577,17 +577,16 @@ static __always_inline int record(struct sock *sk, const bool btf)
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
+	now = (__u32)*epoch;
 	cpu = bpf_get_smp_processor_id();
 	index = cpu * cfg_cache_entries + (read_hash(sk, btf) & (cfg_cache_entries - 1));
 	entry = bpf_map_lookup_elem(&sk_cache, &index);
 	if (cfg_group_by & GROUP_CGROUP)
 		cgroup_word = read_cgroup_word(sk);
-	if (entry && entry->epoch == (__u32)*epoch && same_tuple(&entry->tuple, &tuple) &&
+	if (entry && entry->epoch == now && same_tuple(&entry->tuple, &tuple) &&
 	    entry->cgroup_word == cgroup_word) {
 		slot = entry->slot;
 	} else {
-		__u32 now = (__u32)*epoch;
-
 		slot = resolve(sk, &tuple);
 		if (entry) {
 			entry->tuple = tuple;
