@@ -82,6 +82,7 @@ const (
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
 	TcprttVarCfgMaxSeries      = "cfg_max_series"
+	TcprttVarCfgOneCacheEntry  = "cfg_one_cache_entry"
 	TcprttVarCfgRdonlyCast     = "cfg_rdonly_cast"
 	TcprttVarCfgScale          = "cfg_scale"
 	TcprttVarCfgStride         = "cfg_stride"
@@ -157,16 +158,17 @@ type TcprttMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttVariableSpecs struct {
-	CfgBuckets      *ebpf.VariableSpec `ebpf:"cfg_buckets"`
-	CfgCacheEntries *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
-	CfgFamily       *ebpf.VariableSpec `ebpf:"cfg_family"`
-	CfgFilters      *ebpf.VariableSpec `ebpf:"cfg_filters"`
-	CfgGroupBy      *ebpf.VariableSpec `ebpf:"cfg_group_by"`
-	CfgMaxSeries    *ebpf.VariableSpec `ebpf:"cfg_max_series"`
-	CfgRdonlyCast   *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
-	CfgScale        *ebpf.VariableSpec `ebpf:"cfg_scale"`
-	CfgStride       *ebpf.VariableSpec `ebpf:"cfg_stride"`
-	CfgSumStride    *ebpf.VariableSpec `ebpf:"cfg_sum_stride"`
+	CfgBuckets       *ebpf.VariableSpec `ebpf:"cfg_buckets"`
+	CfgCacheEntries  *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
+	CfgFamily        *ebpf.VariableSpec `ebpf:"cfg_family"`
+	CfgFilters       *ebpf.VariableSpec `ebpf:"cfg_filters"`
+	CfgGroupBy       *ebpf.VariableSpec `ebpf:"cfg_group_by"`
+	CfgMaxSeries     *ebpf.VariableSpec `ebpf:"cfg_max_series"`
+	CfgOneCacheEntry *ebpf.VariableSpec `ebpf:"cfg_one_cache_entry"`
+	CfgRdonlyCast    *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
+	CfgScale         *ebpf.VariableSpec `ebpf:"cfg_scale"`
+	CfgStride        *ebpf.VariableSpec `ebpf:"cfg_stride"`
+	CfgSumStride     *ebpf.VariableSpec `ebpf:"cfg_sum_stride"`
 }
 
 // TcprttObjects contains all objects after they have been loaded into the kernel.
@@ -220,16 +222,17 @@ func (m *TcprttMaps) Close() error {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttVariables struct {
-	CfgBuckets      *ebpf.Variable `ebpf:"cfg_buckets"`
-	CfgCacheEntries *ebpf.Variable `ebpf:"cfg_cache_entries"`
-	CfgFamily       *ebpf.Variable `ebpf:"cfg_family"`
-	CfgFilters      *ebpf.Variable `ebpf:"cfg_filters"`
-	CfgGroupBy      *ebpf.Variable `ebpf:"cfg_group_by"`
-	CfgMaxSeries    *ebpf.Variable `ebpf:"cfg_max_series"`
-	CfgRdonlyCast   *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
-	CfgScale        *ebpf.Variable `ebpf:"cfg_scale"`
-	CfgStride       *ebpf.Variable `ebpf:"cfg_stride"`
-	CfgSumStride    *ebpf.Variable `ebpf:"cfg_sum_stride"`
+	CfgBuckets       *ebpf.Variable `ebpf:"cfg_buckets"`
+	CfgCacheEntries  *ebpf.Variable `ebpf:"cfg_cache_entries"`
+	CfgFamily        *ebpf.Variable `ebpf:"cfg_family"`
+	CfgFilters       *ebpf.Variable `ebpf:"cfg_filters"`
+	CfgGroupBy       *ebpf.Variable `ebpf:"cfg_group_by"`
+	CfgMaxSeries     *ebpf.Variable `ebpf:"cfg_max_series"`
+	CfgOneCacheEntry *ebpf.Variable `ebpf:"cfg_one_cache_entry"`
+	CfgRdonlyCast    *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
+	CfgScale         *ebpf.Variable `ebpf:"cfg_scale"`
+	CfgStride        *ebpf.Variable `ebpf:"cfg_stride"`
+	CfgSumStride     *ebpf.Variable `ebpf:"cfg_sum_stride"`
 }
 
 // TcprttPrograms contains all programs after they have been loaded into the kernel.

@@ -25,8 +25,9 @@ var (
 // openLifecycle opens the program (whatever flavour this kernel takes)
 // grouped by remote address, counting the tests' own addresses (remote
 // ones in remote), with a clock
-// the test moves.
-func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote netip.Prefix, cacheEntries ...uint32) (*Tracer, *time.Time) {
+// the test moves; oneCacheEntry makes the sockets of a CPU share one
+// cache entry.
+func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote netip.Prefix, oneCacheEntry ...bool) (*Tracer, *time.Time) {
 	t.Helper()
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
@@ -36,7 +37,7 @@ func openLifecycle(t *testing.T, maxSeries uint32, idle time.Duration, remote ne
 	}
 	tr, err := Open(Spec{
 		Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: maxSeries,
-		IdleTimeout: idle, CacheEntries: append(cacheEntries, 0)[0], LocalPrefixes: []netip.Prefix{lifeNet, netip.MustParsePrefix("127.10.11.0/24")}, RemotePrefixes: []netip.Prefix{remote},
+		IdleTimeout: idle, OneCacheEntry: append(oneCacheEntry, false)[0], LocalPrefixes: []netip.Prefix{lifeNet, netip.MustParsePrefix("127.10.11.0/24")}, RemotePrefixes: []netip.Prefix{remote},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +184,7 @@ func TestOverflowedSocketTakesPushedBackSlot(t *testing.T) {
 // for the exact 4-tuple it was written for. The cache has one entry per
 // CPU here, so every socket meets the entries of the others.
 func TestClosedSocketsKeepTheirCounts(t *testing.T) {
-	tr, _ := openLifecycle(t, 64, 0, netip.MustParsePrefix("127.10.11.0/24"), 1)
+	tr, _ := openLifecycle(t, 64, 0, netip.MustParsePrefix("127.10.11.0/24"), true)
 	server := tcptest.Listen(t, netip.MustParseAddr("127.10.11.1"))
 	final := map[netip.Addr]uint64{}
 	for i := range 40 {

@@ -94,10 +94,9 @@ type Spec struct {
 	// kernels before 6.2, even where bpf_rdonly_cast allows direct loads
 	// (for tests of that path).
 	HelperReads bool
-	// CacheEntries, if set (a power of two), replaces the per-CPU socket
-	// cache's kmaps.CacheEntriesPerCPU entries (tests use 1 to make every
-	// socket share one entry).
-	CacheEntries uint32
+	// OneCacheEntry makes every socket of a CPU share one entry of the
+	// per-CPU socket cache (for tests of colliding sockets).
+	OneCacheEntry bool
 	// KernelTypes, if set, are the kernel types CO-RE relocates against
 	// instead of the running kernel's (for tests of other kernels'
 	// struct layouts, such as sock_cgroup_data before 5.15).
@@ -115,14 +114,6 @@ type Spec struct {
 // Layout returns the counts array geometry of s.
 func (s *Spec) Layout() kmaps.Layout {
 	return kmaps.Layout{NumBuckets: s.Table.NumBuckets, MaxSeries: s.MaxSeries}
-}
-
-// cacheEntries is the per-CPU socket cache size of s.
-func (s *Spec) cacheEntries() uint32 {
-	if s.CacheEntries != 0 {
-		return s.CacheEntries
-	}
-	return kmaps.CacheEntriesPerCPU
 }
 
 // Filters returns the active filter bits of s.

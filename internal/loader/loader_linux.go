@@ -197,7 +197,8 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		bpf.TcprttVarCfgStride:       layout.Stride(),
 		bpf.TcprttVarCfgMaxSeries:    layout.MaxSeries,
 		bpf.TcprttVarCfgSumStride:    layout.SumStride(),
-		bpf.TcprttVarCfgCacheEntries: spec.cacheEntries(),
+		bpf.TcprttVarCfgCacheEntries: uint32(kmaps.CacheEntriesPerCPU),
+		bpf.TcprttVarCfgOneCacheEntry: spec.OneCacheEntry,
 		bpf.TcprttVarCfgBuckets:      table,
 	}
 	for name, v := range vars {
@@ -216,7 +217,7 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	// possible CPU.
 	ncpu := uint32(PossibleCPUs())
 	cs.Maps[bpf.TcprttMapCpuSums].MaxEntries = ncpu * layout.SumStride()
-	cs.Maps[bpf.TcprttMapSkCache].MaxEntries = ncpu * spec.cacheEntries()
+	cs.Maps[bpf.TcprttMapSkCache].MaxEntries = ncpu * kmaps.CacheEntriesPerCPU
 	cs.Maps[bpf.TcprttMapAddrFilter].MaxEntries = uint32(max(1, len(spec.LocalPrefixes)+len(spec.RemotePrefixes)))
 	return nil
 }
