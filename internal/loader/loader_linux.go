@@ -189,17 +189,17 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		table[i] = bpf.TcprttBucketEntry{Base: e.Base, Threshold: e.Threshold}
 	}
 	vars := map[string]any{
-		bpf.TcprttVarCfgGroupBy:      uint32(spec.GroupBy),
-		bpf.TcprttVarCfgFilters:      uint32(spec.Filters()),
-		bpf.TcprttVarCfgFamily:       uint32(spec.Family),
-		bpf.TcprttVarCfgRdonlyCast:   !spec.HelperReads,
-		bpf.TcprttVarCfgScale:        uint32(spec.Table.Scale),
-		bpf.TcprttVarCfgStride:       layout.Stride(),
-		bpf.TcprttVarCfgMaxSeries:    layout.MaxSeries,
-		bpf.TcprttVarCfgSumStride:    layout.SumStride(),
-		bpf.TcprttVarCfgCacheEntries: uint32(kmaps.CacheEntriesPerCPU),
+		bpf.TcprttVarCfgGroupBy:       uint32(spec.GroupBy),
+		bpf.TcprttVarCfgFilters:       uint32(spec.Filters()),
+		bpf.TcprttVarCfgFamily:        uint32(spec.Family),
+		bpf.TcprttVarCfgRdonlyCast:    !spec.HelperReads,
+		bpf.TcprttVarCfgScale:         uint32(spec.Table.Scale),
+		bpf.TcprttVarCfgStride:        layout.Stride(),
+		bpf.TcprttVarCfgMaxSeries:     layout.MaxSeries,
+		bpf.TcprttVarCfgSumStride:     layout.SumStride(),
+		bpf.TcprttVarCfgCacheEntries:  uint32(kmaps.CacheEntriesPerCPU),
 		bpf.TcprttVarCfgOneCacheEntry: spec.OneCacheEntry,
-		bpf.TcprttVarCfgBuckets:      table,
+		bpf.TcprttVarCfgBuckets:       table,
 	}
 	for name, v := range vars {
 		vs, ok := cs.Variables[name]
