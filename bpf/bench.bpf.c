@@ -14,10 +14,11 @@
 //                    (bpf_map_lookup_or_try_init); a log2 slot; an atomic
 //                    add. cfg_ref_direct = true reads through bpf_rdonly_cast
 //                    instead, as tcprtt does, for a like-for-like variant.
-//   bench_variant    today's cached tcprtt path with parts switched off or
-//                    moved by cfg_variant (constant at load, so the verifier
-//                    drops the unused branches): what each cache line the
-//                    path touches costs on this host.
+//   bench_variant    tcprtt's per-segment path (per-CPU socket cache, row,
+//                    per-CPU sum) with parts switched off or moved by
+//                    cfg_variant (constant at load, so the verifier drops
+//                    the unused branches): what each cache line the path
+//                    touches costs on this host, and what waits for what.
 //
 // Kept apart from tcprtt.bpf.c so that the product object holds only what
 // the receiver loads.
@@ -175,30 +176,25 @@ int BPF_PROG(bench_reference, struct sock *sk)
 
 // ---- bench_variant ---------------------------------------------------
 //
-// The same per-segment work as tcprtt_tp_btf's cached path (socket
-// storage -> row generation -> bucket word, per-CPU sum), on maps of its
-// own. The miss path (first segment of a socket) finds the series by
-// remote address in a hash and caches it in socket storage, like tcprtt.
+// tcprtt_tp_btf's path for one IPv4 or IPv6 socket, grouped by remote
+// address, on maps of its own: a per-CPU cache entry indexed by skc_hash
+// holding the socket's address and port words and its slot (found, on a
+// miss, by remote address in a hash, the next slot on first sight), then
+// an atomic add to the bucket word of the slot's shared row and an add to
+// this CPU's sum. cfg_variant switches parts off or moves them (constant
+// at load, so the verifier drops the unused branches): what each cache
+// line the path touches costs, and what waits for what.
 
-#define V_NO_GEN (1 << 0)     // skip the row's generation check
-#define V_NO_SUM (1 << 1)     // no sum at all
-#define V_SUM_IN_ROW (1 << 2) // sum: atomic add to row word 1 (the generation's line), not per CPU
-#define V_DIRECT (1 << 3)     // no socket storage: the series (slot 0) is known
-#define V_NO_BUCKET (1 << 4)  // no bucket add
-#define V_ONE_LINE (1 << 5)   // bucket word within the row's first line (words 2..7): cost probe only
-#define V_NO_TABLE (1 << 6)   // bucket from the octave alone, no table read
-#define V_PERCPU_ROW (1 << 7) // bucket counts in a per-CPU row (no line shared between CPUs)
-#define V_SK_COUNTS (1 << 8)  // count in the socket's own storage (a 64-byte array), nothing else
-#define V_ADDR_ROW (1 << 9)   // no socket storage: the row is found by a hash of the remote (v4)
-                              // address, and its word 0 holds the address (claimed on first
-                              // sight) instead of a generation: the key check is the validity check
-#define V_SMALL_SK (1 << 10)  // socket storage value of 8 bytes, as tcprtt's series_ref
+#define V_READS_ONLY (1 << 0)   // read srtt and the socket's identity, nothing else
+#define V_CONFIG_INDEX (1 << 1) // entry index from a config load (the cache size in .rodata)
+#define V_EPOCH (1 << 2)        // entry also checked against an epoch word (its own line)
+#define V_NO_COUNT (1 << 3)     // stop once the slot is known
+#define V_NO_SUM (1 << 4)       // bucket add only
+#define V_IN_ENTRY (1 << 5)     // count and sum in the entry's own line, no row
 
-#define ROW_GENERATION 0
-#define ROW_SUM 1 // only with V_SUM_IN_ROW
 #define ROW_BUCKETS 2
-#define ROW_MAX_WORDS 264
 #define BUCKET_TABLE_SIZE 512
+#define V_CACHE_ENTRIES 1024 // per CPU, as tcprtt's CACHE_ENTRIES
 
 struct bucket_entry {
 	__u32 base;
@@ -207,22 +203,32 @@ struct bucket_entry {
 
 const volatile __u32 cfg_variant = 0;
 const volatile __u32 cfg_scale = 3;
-const volatile __u32 cfg_stride = ROW_MAX_WORDS; // words per row, <= ROW_MAX_WORDS
+const volatile __u32 cfg_stride = 0; // words per row
+const volatile __u32 cfg_sum_stride = 0; // sums per CPU
+const volatile __u32 cfg_cache_entries = V_CACHE_ENTRIES;
 const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
 
-struct vref {
-	__u32 slot;
-	__u32 generation;
-	__u64 counts[7]; // V_SK_COUNTS only; makes the value one 64-byte line
-};
+struct sock_common___v {
+	union {
+		__u64 skc_addrpair;
+	};
+	unsigned int skc_hash;
+	__u32 skc_portpair;
+	short unsigned int skc_family;
+} __attribute__((preserve_access_index));
 
-struct sref {
-	__u32 slot;
-	__u32 generation;
-};
+struct sock___v {
+	struct sock_common___v __sk_common;
+} __attribute__((preserve_access_index));
 
-struct row {
-	__u64 w[ROW_MAX_WORDS];
+struct ventry {
+	__u64 addrpair;
+	__u32 portpair;
+	__u32 family;
+	__u32 slot;
+	__u32 epoch;
+	__u64 sum;         // V_IN_ENTRY only
+	__u64 counts[4];   // V_IN_ENTRY only
 };
 
 __u32 variant_next_slot = 0;
@@ -236,39 +242,35 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE); // page-aligned rows, as tcprtt's counts
+	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's counts
 	__uint(max_entries, 1); // set by benchtool: rows * cfg_stride
 	__type(key, __u32);
 	__type(value, __u64);
 } variant_counts SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1); // set by benchtool: rows
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's cpu_sums
+	__uint(max_entries, 1); // set by benchtool: CPUs * cfg_sum_stride
 	__type(key, __u32);
 	__type(value, __u64);
 } variant_sums SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1); // set by benchtool: rows (V_PERCPU_ROW only)
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's sk_cache
+	__uint(max_entries, 1); // set by benchtool: CPUs * V_CACHE_ENTRIES
 	__type(key, __u32);
-	__type(value, struct row);
-} variant_pcounts SEC(".maps");
+	__type(value, struct ventry);
+} variant_cache SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct vref);
-} variant_sk SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sref);
-} variant_sk8 SEC(".maps");
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's cache_epoch
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} variant_epoch SEC(".maps");
 
 #define V(flag) (cfg_variant & (flag))
 
@@ -277,26 +279,16 @@ static __always_inline __u32 bucket_position(__u32 raw)
 	__u32 k = log2_u32(raw);
 	__u32 norm = raw << (31 - k);
 	__u32 t = (norm >> 22) & (BUCKET_TABLE_SIZE - 1);
-	__u32 pos;
+	__u32 pos = (k << cfg_scale) + cfg_buckets[t].base;
 
-	if (V(V_NO_TABLE))
-		return k << cfg_scale;
-	pos = (k << cfg_scale) + cfg_buckets[t].base;
 	if (norm > cfg_buckets[t].threshold)
 		pos++;
 	return pos;
 }
 
-static __always_inline __u64 *row_word(__u32 slot, __u32 word)
-{
-	__u32 i = slot * cfg_stride + word;
-
-	return bpf_map_lookup_elem(&variant_counts, &i);
-}
-
-// variant_slot finds the series of a socket seen for the first time by
-// its remote address, giving it the next slot on first sight.
-static __always_inline int variant_slot(struct sock *sk, __u32 *slot)
+// variant_slot finds the series of a socket by its remote address, giving
+// it the next slot on first sight.
+static __always_inline __u32 variant_slot(struct sock *sk)
 {
 	struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
 	struct hist_key key = {};
@@ -308,102 +300,75 @@ static __always_inline int variant_slot(struct sock *sk, __u32 *slot)
 	else
 		__builtin_memcpy(key.addr, &s->__sk_common.skc_daddr, 4);
 	found = bpf_map_lookup_elem(&variant_index, &key);
-	if (!found) {
-		next = __sync_fetch_and_add(&variant_next_slot, 1);
-		bpf_map_update_elem(&variant_index, &key, &next, BPF_NOEXIST);
-		found = bpf_map_lookup_elem(&variant_index, &key);
-		if (!found)
-			return -1;
-	}
-	*slot = *found;
-	return 0;
+	if (found)
+		return *found;
+	next = __sync_fetch_and_add(&variant_next_slot, 1);
+	bpf_map_update_elem(&variant_index, &key, &next, BPF_NOEXIST);
+	found = bpf_map_lookup_elem(&variant_index, &key);
+	return found ? *found : 0;
 }
 
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(bench_variant, struct sock *sk)
 {
-	struct vref *cached = 0, direct = {};
-	__u64 *w;
-	__u32 raw, word;
+	struct sock___v *s;
+	struct ventry *e;
+	__u64 addrpair, *w;
+	__u32 raw, portpair, family, hash, cpu, index, slot, now = 0, zero = 0, word;
 
 	if (!&bpf_rdonly_cast)
 		return 0;
 	raw = ((struct tcp_sock *)bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct tcp_sock)))->srtt_us;
+	s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock___v));
+	addrpair = s->__sk_common.skc_addrpair;
+	portpair = s->__sk_common.skc_portpair;
+	family = s->__sk_common.skc_family;
+	hash = s->__sk_common.skc_hash;
+	if (V(V_READS_ONLY))
+		return raw ^ addrpair ^ portpair ^ family ^ hash;
 
-	if (V(V_DIRECT)) {
-		cached = &direct;
-	} else if (V(V_ADDR_ROW)) {
-		struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
-		__u32 daddr = s->__sk_common.skc_daddr;
-
-		direct.slot = (daddr * 0x9E3779B1u) >> 22; // 1024 rows
-		w = row_word(direct.slot, 0);
+	if (V(V_EPOCH)) {
+		w = bpf_map_lookup_elem(&variant_epoch, &zero);
 		if (!w)
 			return 0;
-		if (*w != daddr + 1 && __sync_val_compare_and_swap(w, 0, daddr + 1) != 0 && *w != daddr + 1)
-			return 0; // taken by another address: tcprtt would probe on
-		cached = &direct;
-	} else if (V(V_SMALL_SK)) {
-		struct sref *r = bpf_sk_storage_get(&variant_sk8, sk, 0, 0);
-
-		if (!r) {
-			struct sref init = {};
-
-			if (variant_slot(sk, &init.slot))
-				return 0;
-			r = bpf_sk_storage_get(&variant_sk8, sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
-			if (!r)
-				return 0;
-		}
-		direct.slot = r->slot;
-		direct.generation = r->generation;
-		cached = &direct;
-	} else {
-		cached = bpf_sk_storage_get(&variant_sk, sk, 0, 0);
-		if (!cached) {
-			struct vref init = {};
-
-			if (variant_slot(sk, &init.slot))
-				return 0;
-			cached = bpf_sk_storage_get(&variant_sk, sk, &init, BPF_SK_STORAGE_GET_F_CREATE);
-		}
-		if (!cached)
-			return 0;
+		now = *w;
 	}
-	if (V(V_SK_COUNTS)) {
-		__sync_fetch_and_add(&cached->counts[raw & 3], 1);
+	cpu = bpf_get_smp_processor_id();
+	if (V(V_CONFIG_INDEX))
+		index = cpu * cfg_cache_entries + (hash & (cfg_cache_entries - 1));
+	else
+		index = cpu * V_CACHE_ENTRIES + (hash & (V_CACHE_ENTRIES - 1));
+	e = bpf_map_lookup_elem(&variant_cache, &index);
+	if (!e)
 		return 0;
+	if (e->addrpair == addrpair && e->portpair == portpair && e->family == family && e->epoch == now) {
+		slot = e->slot;
+	} else {
+		slot = variant_slot(sk);
+		e->addrpair = addrpair;
+		e->portpair = portpair;
+		e->family = family;
+		e->epoch = now;
+		e->slot = slot;
 	}
-	if (!V(V_NO_GEN)) {
-		w = row_word(cached->slot, ROW_GENERATION);
-		if (!w || (__u32)*w != cached->generation)
-			return 0;
-	}
+	if (V(V_NO_COUNT))
+		return slot ^ raw;
 
 	word = 1;
 	if (raw)
 		word = ROW_BUCKETS + bucket_position(raw);
-	if (V(V_ONE_LINE))
-		word = ROW_BUCKETS + (word & 3);
-	if (!V(V_NO_BUCKET)) {
-		if (V(V_PERCPU_ROW)) {
-			struct row *r = bpf_map_lookup_elem(&variant_pcounts, &cached->slot);
-
-			if (r && word < ROW_MAX_WORDS)
-				r->w[word] += 1;
-		} else {
-			w = row_word(cached->slot, word);
-			if (w)
-				__sync_fetch_and_add(w, 1);
-		}
+	if (V(V_IN_ENTRY)) {
+		e->counts[word & 3] += 1; // per-CPU line: no atomic
+		e->sum += raw;
+		return 0;
 	}
-
-	if (V(V_SUM_IN_ROW)) {
-		w = row_word(cached->slot, ROW_SUM);
-		if (w)
-			__sync_fetch_and_add(w, raw);
-	} else if (!V(V_NO_SUM)) {
-		w = bpf_map_lookup_elem(&variant_sums, &cached->slot);
+	index = slot * cfg_stride + word;
+	w = bpf_map_lookup_elem(&variant_counts, &index);
+	if (w)
+		__sync_fetch_and_add(w, 1);
+	if (!V(V_NO_SUM)) {
+		index = cpu * cfg_sum_stride + slot;
+		w = bpf_map_lookup_elem(&variant_sums, &index);
 		if (w)
 			*w += raw;
 	}

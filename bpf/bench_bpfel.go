@@ -33,22 +33,15 @@ type BenchHistKey struct {
 	Addr   [16]uint8
 }
 
-type BenchRow struct {
-	_ structs.HostLayout
-	W [264]uint64
-}
-
-type BenchSref struct {
-	_          structs.HostLayout
-	Slot       uint32
-	Generation uint32
-}
-
-type BenchVref struct {
-	_          structs.HostLayout
-	Slot       uint32
-	Generation uint32
-	Counts     [7]uint64
+type BenchVentry struct {
+	_        structs.HostLayout
+	Addrpair uint64
+	Portpair uint32
+	Family   uint32
+	Slot     uint32
+	Epoch    uint32
+	Sum      uint64
+	Counts   [4]uint64
 }
 
 // Names of all BPF objects in the ELF.
@@ -56,19 +49,20 @@ type BenchVref struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	BenchMapHists           = "hists"
+	BenchMapVariantCache    = "variant_cache"
 	BenchMapVariantCounts   = "variant_counts"
+	BenchMapVariantEpoch    = "variant_epoch"
 	BenchMapVariantIndex    = "variant_index"
-	BenchMapVariantPcounts  = "variant_pcounts"
-	BenchMapVariantSk       = "variant_sk"
-	BenchMapVariantSk8      = "variant_sk8"
 	BenchMapVariantSums     = "variant_sums"
 	BenchProgBenchEmpty     = "bench_empty"
 	BenchProgBenchReference = "bench_reference"
 	BenchProgBenchVariant   = "bench_variant"
 	BenchVarCfgBuckets      = "cfg_buckets"
+	BenchVarCfgCacheEntries = "cfg_cache_entries"
 	BenchVarCfgRefDirect    = "cfg_ref_direct"
 	BenchVarCfgScale        = "cfg_scale"
 	BenchVarCfgStride       = "cfg_stride"
+	BenchVarCfgSumStride    = "cfg_sum_stride"
 	BenchVarCfgVariant      = "cfg_variant"
 	BenchVarVariantNextSlot = "variant_next_slot"
 )
@@ -124,13 +118,12 @@ type BenchProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchMapSpecs struct {
-	Hists          *ebpf.MapSpec `ebpf:"hists"`
-	VariantCounts  *ebpf.MapSpec `ebpf:"variant_counts"`
-	VariantIndex   *ebpf.MapSpec `ebpf:"variant_index"`
-	VariantPcounts *ebpf.MapSpec `ebpf:"variant_pcounts"`
-	VariantSk      *ebpf.MapSpec `ebpf:"variant_sk"`
-	VariantSk8     *ebpf.MapSpec `ebpf:"variant_sk8"`
-	VariantSums    *ebpf.MapSpec `ebpf:"variant_sums"`
+	Hists         *ebpf.MapSpec `ebpf:"hists"`
+	VariantCache  *ebpf.MapSpec `ebpf:"variant_cache"`
+	VariantCounts *ebpf.MapSpec `ebpf:"variant_counts"`
+	VariantEpoch  *ebpf.MapSpec `ebpf:"variant_epoch"`
+	VariantIndex  *ebpf.MapSpec `ebpf:"variant_index"`
+	VariantSums   *ebpf.MapSpec `ebpf:"variant_sums"`
 }
 
 // BenchVariableSpecs contains global variables before they are loaded into the kernel.
@@ -138,9 +131,11 @@ type BenchMapSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type BenchVariableSpecs struct {
 	CfgBuckets      *ebpf.VariableSpec `ebpf:"cfg_buckets"`
+	CfgCacheEntries *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
 	CfgRefDirect    *ebpf.VariableSpec `ebpf:"cfg_ref_direct"`
 	CfgScale        *ebpf.VariableSpec `ebpf:"cfg_scale"`
 	CfgStride       *ebpf.VariableSpec `ebpf:"cfg_stride"`
+	CfgSumStride    *ebpf.VariableSpec `ebpf:"cfg_sum_stride"`
 	CfgVariant      *ebpf.VariableSpec `ebpf:"cfg_variant"`
 	VariantNextSlot *ebpf.VariableSpec `ebpf:"variant_next_slot"`
 }
@@ -165,23 +160,21 @@ func (o *BenchObjects) Close() error {
 //
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchMaps struct {
-	Hists          *ebpf.Map `ebpf:"hists"`
-	VariantCounts  *ebpf.Map `ebpf:"variant_counts"`
-	VariantIndex   *ebpf.Map `ebpf:"variant_index"`
-	VariantPcounts *ebpf.Map `ebpf:"variant_pcounts"`
-	VariantSk      *ebpf.Map `ebpf:"variant_sk"`
-	VariantSk8     *ebpf.Map `ebpf:"variant_sk8"`
-	VariantSums    *ebpf.Map `ebpf:"variant_sums"`
+	Hists         *ebpf.Map `ebpf:"hists"`
+	VariantCache  *ebpf.Map `ebpf:"variant_cache"`
+	VariantCounts *ebpf.Map `ebpf:"variant_counts"`
+	VariantEpoch  *ebpf.Map `ebpf:"variant_epoch"`
+	VariantIndex  *ebpf.Map `ebpf:"variant_index"`
+	VariantSums   *ebpf.Map `ebpf:"variant_sums"`
 }
 
 func (m *BenchMaps) Close() error {
 	return _BenchClose(
 		m.Hists,
+		m.VariantCache,
 		m.VariantCounts,
+		m.VariantEpoch,
 		m.VariantIndex,
-		m.VariantPcounts,
-		m.VariantSk,
-		m.VariantSk8,
 		m.VariantSums,
 	)
 }
@@ -191,9 +184,11 @@ func (m *BenchMaps) Close() error {
 // It can be passed to LoadBenchObjects or ebpf.CollectionSpec.LoadAndAssign.
 type BenchVariables struct {
 	CfgBuckets      *ebpf.Variable `ebpf:"cfg_buckets"`
+	CfgCacheEntries *ebpf.Variable `ebpf:"cfg_cache_entries"`
 	CfgRefDirect    *ebpf.Variable `ebpf:"cfg_ref_direct"`
 	CfgScale        *ebpf.Variable `ebpf:"cfg_scale"`
 	CfgStride       *ebpf.Variable `ebpf:"cfg_stride"`
+	CfgSumStride    *ebpf.Variable `ebpf:"cfg_sum_stride"`
 	CfgVariant      *ebpf.Variable `ebpf:"cfg_variant"`
 	VariantNextSlot *ebpf.Variable `ebpf:"variant_next_slot"`
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcprtt/tcprtt/bpf"
 	"github.com/tcprtt/tcprtt/internal/bucket"
+	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
 )
 
@@ -87,49 +88,41 @@ func referenceProgram(direct bool) *ebpf.Program {
 
 // Flags of bench_variant (bpf/bench.bpf.c).
 const (
-	vNoGen     = 1 << 0
-	vNoSum     = 1 << 1
-	vSumInRow  = 1 << 2
-	vDirect    = 1 << 3
-	vNoBucket  = 1 << 4
-	vOneLine   = 1 << 5
-	vNoTable   = 1 << 6
-	vPercpuRow = 1 << 7
-	vSkCounts  = 1 << 8
-	vAddrRow   = 1 << 9
-	vSmallSk   = 1 << 10
+	vReadsOnly   = 1 << 0
+	vConfigIndex = 1 << 1
+	vEpoch       = 1 << 2
+	vNoCount     = 1 << 3
+	vNoSum       = 1 << 4
+	vInEntry     = 1 << 5
 )
 
 // variantRows is the number of rows of a variant's maps; series are
 // assigned in order of first sight, so only a few are used.
 const variantRows = 1024
 
-// variantProgram is bench_variant with flags, at scale 3 and tcprtt's row
-// width rounded up to whole cache lines (rows start on a line, as row 0 of
-// tcprtt's page-aligned counts array does).
+// variantProgram is bench_variant with flags, at scale 3 and tcprtt's
+// default row width, with tcprtt's per-CPU sizes for the possible CPUs.
 func variantProgram(flags uint32) *ebpf.Program {
 	t, err := bucket.NewTable(3, bucket.Seconds)
 	if err != nil {
 		fail("%v", err)
 	}
-	spec := defaultSpec()
-	stride := (spec.Layout().Stride() + 7) &^ 7
-	if stride > 264 {
-		fail("row of %d words exceeds bench_variant's ROW_MAX_WORDS", stride)
-	}
+	layout := kmaps.Layout{NumBuckets: t.NumBuckets, MaxSeries: variantRows - 1}
 	var table [len(t.Entries)]bpf.BenchBucketEntry
 	for i, e := range t.Entries {
 		table[i] = bpf.BenchBucketEntry{Base: e.Base, Threshold: e.Threshold}
 	}
+	ncpu := uint32(loader.PossibleCPUs())
 	return loadBench(bpf.BenchProgBenchVariant, map[string]any{
-		bpf.BenchVarCfgVariant: flags,
-		bpf.BenchVarCfgScale:   uint32(t.Scale),
-		bpf.BenchVarCfgStride:  stride,
-		bpf.BenchVarCfgBuckets: table,
+		bpf.BenchVarCfgVariant:   flags,
+		bpf.BenchVarCfgScale:     uint32(t.Scale),
+		bpf.BenchVarCfgStride:    layout.Stride(),
+		bpf.BenchVarCfgSumStride: layout.SumStride(),
+		bpf.BenchVarCfgBuckets:   table,
 	}, map[string]uint32{
-		bpf.BenchMapVariantCounts:  variantRows * stride,
-		bpf.BenchMapVariantSums:    variantRows,
-		bpf.BenchMapVariantPcounts: variantRows,
+		bpf.BenchMapVariantCounts: uint32(layout.Entries()),
+		bpf.BenchMapVariantSums:   ncpu * layout.SumStride(),
+		bpf.BenchMapVariantCache:  ncpu * kmaps.CacheEntriesPerCPU,
 	})
 }
 

@@ -9,8 +9,8 @@ import (
 	"github.com/cilium/ebpf"
 )
 
-// A variant of the per-segment path: today's cached path of tcprtt
-// (bench_variant with no flags) with parts switched off or moved.
+// A variant of the per-segment path: tcprtt's path (bench_variant with no
+// flags) with parts switched off or moved.
 type variant struct {
 	name  string
 	flags uint32
@@ -20,28 +20,17 @@ type variant struct {
 	product bool // tcprtt_tp_btf itself, loaded by the loader
 }
 
-// allVariants starts with today's path, the baseline.
+// allVariants starts with the modelled path, the baseline.
 var allVariants = []variant{
-	{name: "today: sk_storage, generation, bucket, per-CPU sum"},
+	{name: "path: cache entry, bucket (shared row), per-CPU sum"},
 	{name: "tcprtt_tp_btf (the product, default config)", product: true},
 	{name: "reference with direct reads (bpf_rdonly_cast)", load: func() *ebpf.Program { return referenceProgram(true) }},
-	{name: "today, 8-byte sk_storage value (as tcprtt's)", flags: vSmallSk},
-	{name: "- generation check", flags: vNoGen},
+	{name: "floor: srtt and the socket's identity read", flags: vReadsOnly},
+	{name: "+ entry checked against an epoch word", flags: vEpoch},
+	{name: "entry index from a config load", flags: vConfigIndex},
+	{name: "- count (slot known, nothing written)", flags: vNoCount},
 	{name: "- per-CPU sum", flags: vNoSum},
-	{name: "sum as atomic add in the row (generation's line)", flags: vSumInRow},
-	{name: "- sk_storage (series known)", flags: vDirect},
-	{name: "- bucket add", flags: vNoBucket},
-	{name: "- table read (octave only)", flags: vNoTable},
-	{name: "bucket word on the generation's line", flags: vOneLine},
-	{name: "bucket counts in a per-CPU row", flags: vPercpuRow},
-	{name: "A: - generation, bucket+sum on one row line", flags: vNoGen | vSumInRow | vOneLine},
-	{name: "B: - generation, bucket on one line, per-CPU sum", flags: vNoGen | vOneLine},
-	{name: "C: - generation, per-CPU row, per-CPU sum", flags: vNoGen | vPercpuRow},
-	{name: "D: no sk_storage, row by address hash, key+bucket+sum on one line", flags: vAddrRow | vNoGen | vSumInRow | vOneLine},
-	{name: "D': as D, per-CPU sum", flags: vAddrRow | vNoGen | vOneLine},
-	{name: "sk_storage lookup only", flags: vNoGen | vNoSum | vNoBucket},
-	{name: "counts in the socket's storage only", flags: vSkCounts},
-	{name: "floor: srtt + table read only", flags: vDirect | vNoGen | vNoSum | vNoBucket},
+	{name: "count and sum in the entry's line, no row", flags: vInEntry},
 }
 
 // variantCosts measures every variant side by side with the empty and the
@@ -54,7 +43,7 @@ func variantCosts(roundTrips, rounds int, only string) {
 	if err != nil {
 		fail("-variants: %v", err)
 	}
-	// Today's path (no flags) is the baseline of "vs today's path": always
+	// The modelled path (no flags) is the baseline of "vs the path": always
 	// measured, first in the list.
 	variants := allVariants[:1]
 	for _, v := range allVariants[1:] {
@@ -103,12 +92,12 @@ func variantCosts(roundTrips, rounds int, only string) {
 			fmt.Printf("     round %d  %-52s %6.1f ns/run  empty %6.1f  reference %6.1f\n", r+1, v.name, x, e, rf)
 		}
 	}
-	const today = 0
+	const path = 0
 	fmt.Printf("\n   variant costs over %d rounds, median (min–max); \"above empty\" = variant − empty in the same batch\n\n", rounds)
-	fmt.Println("| variant | ns/run | above empty, ns | vs today's path, ns | / empty | / reference |")
+	fmt.Println("| variant | ns/run | above empty, ns | vs the path, ns | / empty | / reference |")
 	fmt.Println("|---|---|---|---|---|---|")
 	for vi, v := range variants {
 		fmt.Printf("| %s | %s | %s | %+.0f | %s | %s |\n", v.name, spread(ns[vi], 0), spread(above[vi], 0),
-			median(above[vi])-median(above[today]), spread(vsEmpty[vi], 2), spread(vsRef[vi], 2))
+			median(above[vi])-median(above[path]), spread(vsEmpty[vi], 2), spread(vsRef[vi], 2))
 	}
 }
