@@ -12,20 +12,29 @@
 //   counts        array  one row of u64 per slot: [unused, zero count,
 //                        bucket 0, bucket 1, ...]; the last row
 //                        (slot == cfg_max_series) is the overflow series
-//   cpu_sums      array  per CPU and slot, the sum of raw srtt: each CPU
-//                        adds to its own cache line, without atomics
-//   sk_cache      array  per CPU, a direct-mapped cache from a socket's
-//                        4-tuple (indexed by the kernel's own hash of it,
-//                        skc_hash) to its slot, or "filtered": the common
-//                        path does no hashing and no map helper call
-//   cache_epoch   array  one word; an entry is valid only if written at
-//                        the current epoch, which user space bumps to send
-//                        every socket to resolve again (series expired,
-//                        rows freed)
+//   cpu_sums      array  per CPU and slot, the sum of raw srtt of samples
+//                        counted in the row: each CPU adds to its own
+//                        cache line, without atomics
+//   sk_cache      array  per CPU, a direct-mapped cache indexed by the
+//                        kernel's own hash of a socket's 4-tuple (skc_hash):
+//                        the socket it holds (its address and port words
+//                        as the socket has them), its slot, and the counts
+//                        and sum of its samples in a window of eight row
+//                        words around its RTT. A socket's segment touches
+//                        only this line: no hashing, no map helper, no
+//                        shared line. Samples outside the window, and
+//                        sockets that find their entry held by another,
+//                        go to the row (atomic) and this CPU's sum.
+//                        Entries are handed back by user space only: it
+//                        marks an entry to drain (idle, or its row freed),
+//                        and one read later, when no program can still be
+//                        counting into it, moves its counts into the row
+//                        and frees it
 //   stats         percpu array  samples filtered out, samples not placed
-// Counts are only ever added to; user space computes deltas, so nothing is
-// lost between reads. The three arrays user space reads or writes while
-// the program runs are mmapped.
+// Counts are only ever added to, and move (cache entry to row) only in
+// user space, between its reads; so nothing is lost or counted twice. The
+// three arrays user space reads or writes while the program runs are
+// mmapped.
 
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -49,6 +58,7 @@ struct in6_addr {
 
 struct sock_common {
 	union {
+		__u64 skc_addrpair;
 		struct {
 			__be32 skc_daddr;
 			__be32 skc_rcv_saddr;
@@ -58,6 +68,7 @@ struct sock_common {
 		unsigned int skc_hash; // of the 4-tuple, set while the socket is hashed
 	};
 	union {
+		__u32 skc_portpair;
 		struct {
 			__be16 skc_dport;
 			__u16 skc_num;
@@ -122,7 +133,18 @@ struct trace_event_raw_tcp_probe {
 #define ROW_ZERO 1
 #define ROW_BUCKETS 2
 
+// Slot values of a cache entry (kmaps.CacheSlot*): below SLOT_DRAIN a
+// row; SLOT_DRAIN | row: marked by user space to hand back (its counts
+// still belong to the row); SLOT_FREE: no socket; SLOT_FILTERED: a
+// filtered socket (nothing counted, so free to take).
+#define SLOT_DRAIN 0x80000000
+#define SLOT_FREE 0xfffffffe
 #define SLOT_FILTERED 0xffffffff
+#define ENTRY_COUNTS 8
+// After this many samples in a row outside its window, an entry moves
+// its counts to the row and centres the window on the sample: a socket's
+// smoothed RTT settles away from where its first samples put it.
+#define REBASE_AFTER 4
 
 #define STAT_FILTERED 0
 #define STAT_ERRORS 1
@@ -144,7 +166,8 @@ struct bucket_entry {
 };
 
 // Set by the loader before load (read-only afterwards, so the verifier
-// treats them as constants).
+// treats them as constants). The scalars come first, in one cache line:
+// the table is read at one line per sample's octave slot.
 const volatile __u32 cfg_group_by = GROUP_REMOTE_ADDR;
 const volatile __u32 cfg_filters = 0;
 const volatile __u32 cfg_family = 0; // 4 or 6: only that family; 0: both
@@ -154,6 +177,9 @@ const volatile __u32 cfg_max_series = 0;
 const volatile __u32 cfg_cache_entries = 0; // the loader's CACHE_ENTRIES, checked (kmaps.CacheEntriesPerCPU)
 const volatile bool cfg_one_cache_entry = false; // tests: all sockets of a CPU share one entry
 const volatile __u32 cfg_sum_stride = 0; // cpu_sums words per CPU (rows, rounded up to a cache line)
+const volatile bool cfg_rdonly_cast = true; // direct socket reads where bpf_rdonly_cast exists
+const volatile bool cfg_fetch_atomics = false;
+const volatile bool cfg_entry_counts = false;
 const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
 
 struct series_key {
@@ -171,16 +197,27 @@ struct series_ref {
 	__u32 unused; // was a generation; kept so the index value stays 8 bytes
 };
 
-// One entry of the per-CPU socket cache, one cache line: the socket's
-// full 4-tuple as read from it (so a socket whose memory was reused by
-// another connection never matches the old one's entry), the epoch it
-// was written at, and its slot.
-
+// One entry of the per-CPU socket cache. Its first cache line is all
+// that the segment of an IPv4 socket touches; the second holds what only
+// IPv6 sockets and cgroup grouping compare. The program writes an entry
+// only when it takes a free (or filtered) one, and its counts and sum
+// when it counts; user space writes only the slot of an entry it marks to
+// drain and, one read later, the whole entry it frees (kmaps.CacheEntry*).
 struct cache_entry {
-	struct series_key tuple; // the 4-tuple part is compared
-	__u32 epoch;
-	__u32 slot;
-	__u64 cgroup_word; // sk_cgrp_data as read, when cgroup is grouped
+	__u64 addrpair;  // skc_addrpair: the socket's remote and local IPv4 address
+	__u32 portpair;  // skc_portpair: its remote and local port
+	__u16 family;    // skc_family
+	__u16 misses;    // samples in a row outside the window
+	__u32 slot;      // see SLOT_*
+	__u32 base;      // the row word counted by counts[0]
+	__u64 sum;       // raw srtt of the samples counted here
+	__u32 counts[ENTRY_COUNTS]; // row words base..base+7
+	__u8 v6_daddr[16];     // AF_INET6 only
+	__u8 v6_rcv_saddr[16]; // AF_INET6 only
+	__u64 cgroup_word;     // sk_cgrp_data as read, when cgroup is grouped
+	__u32 seq;             // odd while the program moves counts to the row
+	__u32 seq_prev;        // seq's value before the last add (see bump_seq)
+	__u32 unused[4];
 };
 
 // Address filter key: one trie for both directions, the direction byte
@@ -227,14 +264,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct cache_entry);
 } sk_cache SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE); // user space bumps it in place
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} cache_epoch SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -332,9 +361,8 @@ static __always_inline bool count_in_row(__u32 slot, __u32 raw, __u32 cpu)
 // older kernels its address is 0 and the helper-based reads are used.
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym __weak;
 
-// cfg_rdonly_cast = false makes the program use the helper-based reads
-// even where the kfunc exists, so tests cover both.
-const volatile bool cfg_rdonly_cast = true;
+// cfg_rdonly_cast (above) = false makes the program use the helper-based
+// reads even where the kfunc exists, so tests cover both.
 
 #define HAVE_RDONLY_CAST (cfg_rdonly_cast && &bpf_rdonly_cast != 0)
 
@@ -455,19 +483,50 @@ static __always_inline bool read_tuple(struct sock *sk, const bool btf, struct s
 	return READ_TUPLE(sk, key, PROBE, PROBE_ADDR);
 }
 
-// read_hash reads the kernel's hash of the socket's 4-tuple, which its
-// established-socket lookup just used (so the line is hot): the index of
-// the socket's cache entry, at no hashing cost.
-static __always_inline __u32 read_hash(struct sock *sk, const bool btf)
+// sock_id is what tells a socket's cache entry: its address and port
+// words and family as the socket holds them, so they are read with no
+// conversion; with the IPv6 addresses (AF_INET6 only) the full 4-tuple,
+// so a socket whose memory another connection reuses never matches the
+// old one's entry.
+struct sock_id {
+	__u64 addrpair;
+	__u32 portpair;
+	__u16 family;
+	__u32 hash; // skc_hash: the entry's index
+};
+
+#define READ_ID(c, id, READ)                                                   \
+	({                                                                     \
+		(id)->addrpair = READ(c, skc_addrpair);                        \
+		(id)->portpair = READ(c, skc_portpair);                        \
+		(id)->family = READ(c, skc_family);                            \
+		(id)->hash = READ(c, skc_hash);                                \
+	})
+
+// read_id reads the socket's identity and the kernel's hash of its
+// 4-tuple, which its established-socket lookup just used (so the line is
+// hot): the index of the socket's cache entry, at no hashing cost.
+static __always_inline void read_id(struct sock *sk, const bool btf, struct sock_id *id)
 {
-	if (btf)
-		return sk->__sk_common.skc_hash;
-	if (HAVE_RDONLY_CAST) {
+	if (btf) {
+		READ_ID(&sk->__sk_common, id, LOAD);
+	} else if (HAVE_RDONLY_CAST) {
 		struct sock *s = bpf_rdonly_cast(sk, bpf_core_type_id_kernel(struct sock));
 
-		return s->__sk_common.skc_hash;
+		READ_ID(&s->__sk_common, id, LOAD);
+	} else {
+		READ_ID(&sk->__sk_common, id, PROBE);
 	}
-	return BPF_CORE_READ(sk, __sk_common.skc_hash);
+}
+
+// same_v6 compares the entry's IPv6 addresses with the socket's (the
+// tuple read for resolving holds them).
+static __always_inline bool same_v6(const struct cache_entry *e, const struct series_key *t)
+{
+	const __u64 *a = (const __u64 *)e->v6_daddr, *b = (const __u64 *)e->v6_rcv_saddr;
+	const __u64 *r = (const __u64 *)t->remote_addr, *l = (const __u64 *)t->local_addr;
+
+	return a[0] == r[0] && a[1] == r[1] && b[0] == l[0] && b[1] == l[1];
 }
 
 static __always_inline bool port_allowed(__u32 direction, __u16 port)
@@ -557,58 +616,185 @@ static __always_inline __u32 resolve(struct sock *sk, const struct series_key *t
 	return lookup_series(&key);
 }
 
-static __always_inline bool same_tuple(const struct series_key *a, const struct series_key *b)
+// row_word_of returns the row word of a sample of raw.
+static __always_inline __u32 row_word_of(__u32 raw)
 {
-	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
-
-	return x[0] == y[0] && x[1] == y[1] && x[2] == y[2] && x[3] == y[3] && x[4] == y[4];
+	return raw ? ROW_BUCKETS + bucket_position(raw) : ROW_ZERO;
 }
 
-// record handles one segment: the socket's slot comes from this CPU's
-// cache entry for its tuple when that is current, and is resolved (filters,
-// then the series index) and cached otherwise.
+// window_base is the first row word of a window centred on word.
+static __always_inline __u32 window_base(__u32 word)
+{
+	return word > ROW_ZERO + ENTRY_COUNTS / 2 ? word - ENTRY_COUNTS / 2 : ROW_ZERO;
+}
+
+// cfg_fetch_atomics (above): the kernel has BPF atomics that return the
+// old value (5.12+), which are full barriers on every architecture;
+// cfg_entry_counts: the adds to seq order the entry's writes (those, or
+// x86's locked add); otherwise samples are counted in the row only, and
+// the entries only name it.
+
+// bump_seq adds one to e->seq with a full barrier.
+static __always_inline void bump_seq(struct cache_entry *e)
+{
+	if (cfg_fetch_atomics)
+		e->seq_prev = __sync_fetch_and_add(&e->seq, 1);
+	else
+		__sync_fetch_and_add(&e->seq, 1);
+}
+
+// rebase moves the counts and sum of e, which holds slot, to the row and
+// this CPU's sum, and centres its window on word. seq is odd meanwhile,
+// so that user space never reads a count both in the entry and in the
+// row, or in neither: it reads the entry and the row again.
+static __always_inline void rebase(struct cache_entry *e, __u32 slot, __u32 word, __u32 cpu)
+{
+	__u32 base = e->base, sum_word = cpu * cfg_sum_stride + slot;
+	__u64 *w;
+
+	bump_seq(e);
+	for (__u32 i = 0; i < ENTRY_COUNTS; i++) {
+		__u32 c = e->counts[i];
+
+		if (!c)
+			continue;
+		w = row_word(slot, base + i);
+		if (w)
+			__sync_fetch_and_add(w, c);
+		e->counts[i] = 0;
+	}
+	w = bpf_map_lookup_elem(&cpu_sums, &sum_word);
+	if (w)
+		*w += e->sum; // this CPU's line: no atomic needed
+	e->sum = 0;
+	e->base = window_base(word);
+	e->misses = 0;
+	bump_seq(e);
+}
+
+// count_held counts the sample of raw of a socket whose entry e holds
+// slot: in the window when it falls there, else in the row (moving the
+// window after REBASE_AFTER such samples).
+static __always_inline void count_held(struct cache_entry *e, __u32 slot, __u32 raw, __u32 cpu)
+{
+	__u32 word = row_word_of(raw), i = word - e->base;
+
+	if (!cfg_entry_counts)
+		i = ENTRY_COUNTS; // the row only
+	if (i < ENTRY_COUNTS && e->counts[i] != 0xffffffff) {
+		e->counts[i] += 1; // this CPU's line: no atomic needed
+		e->sum += raw;
+		e->misses = 0;
+		return;
+	}
+	if (cfg_entry_counts && i >= ENTRY_COUNTS && ++e->misses >= REBASE_AFTER) {
+		rebase(e, slot, word, cpu);
+		i = word - e->base;
+		if (i < ENTRY_COUNTS) {
+			e->counts[i] = 1;
+			e->sum = raw;
+			return;
+		}
+	}
+	if (!count_in_row(slot, raw, cpu))
+		count_stat(STAT_ERRORS);
+}
+
+// take writes entry for the socket sk (identity id, tuple t) with slot,
+// counting the sample of raw in it when slot is a row. The slot is
+// written last: until then user space sees the entry free.
+static __always_inline void take(struct cache_entry *e, const struct sock_id *id, const struct series_key *t,
+				 __u64 cgroup_word, __u32 slot, __u32 raw, __u32 cpu)
+{
+	__u32 word = row_word_of(raw);
+	__u32 base = window_base(word);
+
+	e->addrpair = id->addrpair;
+	e->portpair = id->portpair;
+	e->family = id->family;
+	if (id->family == AF_INET6) {
+		__builtin_memcpy(e->v6_daddr, t->remote_addr, 16);
+		__builtin_memcpy(e->v6_rcv_saddr, t->local_addr, 16);
+	}
+	e->cgroup_word = cgroup_word;
+	e->base = base;
+	e->misses = 0;
+	__builtin_memset(e->counts, 0, sizeof(e->counts));
+	e->sum = 0;
+	e->slot = slot;
+	if (slot < SLOT_DRAIN)
+		count_held(e, slot, raw, cpu);
+}
+
+// record handles one segment. The socket's entry in this CPU's cache,
+// when it holds the socket, counts the sample in its window; a free entry
+// is taken after the socket's series is resolved (filters, then the
+// series index); an entry held by another socket, or marked to drain,
+// leaves the sample to the row.
 static __always_inline int record(struct sock *sk, const bool btf)
 {
 	struct series_key tuple = {};
-	struct cache_entry *entry;
-	__u32 raw, slot, index, cpu, now, zero = 0;
-	__u64 *epoch, cgroup_word = 0;
+	struct cache_entry *e;
+	struct sock_id id = {};
+	__u32 raw, slot, index, cpu;
+	__u64 cgroup_word = 0;
 
 	// A loader built for another cache size counts every segment as an
 	// error (the verifier drops this test when the sizes agree).
-	if (cfg_cache_entries != CACHE_ENTRIES || !sk || !read_srtt(sk, btf, &raw) ||
-	    !read_tuple(sk, btf, &tuple)) {
+	if (cfg_cache_entries != CACHE_ENTRIES || !sk || !read_srtt(sk, btf, &raw)) {
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
-	// The epoch is read before the slot is resolved: an entry resolved
-	// from an index that user space changed since is written with the
-	// old epoch, so it is already stale.
-	epoch = bpf_map_lookup_elem(&cache_epoch, &zero);
-	if (!epoch) {
-		count_stat(STAT_ERRORS);
-		return 0;
-	}
-	now = (__u32)*epoch;
+	read_id(sk, btf, &id);
 	cpu = bpf_get_smp_processor_id();
 	index = cpu * CACHE_ENTRIES;
 	if (!cfg_one_cache_entry)
-		index += read_hash(sk, btf) & (CACHE_ENTRIES - 1);
-	entry = bpf_map_lookup_elem(&sk_cache, &index);
+		index += id.hash & (CACHE_ENTRIES - 1);
+	e = bpf_map_lookup_elem(&sk_cache, &index);
+	if (!e) {
+		count_stat(STAT_ERRORS);
+		return 0;
+	}
 	if (cfg_group_by & GROUP_CGROUP)
 		cgroup_word = read_cgroup_word(sk);
-	if (entry && entry->epoch == now && same_tuple(&entry->tuple, &tuple) &&
-	    entry->cgroup_word == cgroup_word) {
-		slot = entry->slot;
-	} else {
-		slot = resolve(sk, &tuple);
-		if (entry) {
-			entry->tuple = tuple;
-			entry->slot = slot;
-			entry->epoch = now;
-			entry->cgroup_word = cgroup_word;
+	slot = e->slot;
+	if (e->addrpair == id.addrpair && e->portpair == id.portpair && e->family == id.family &&
+	    e->cgroup_word == cgroup_word && slot != SLOT_FREE && id.family != AF_INET6) {
+		// An IPv4 socket's entry: the common path.
+		if (slot < SLOT_DRAIN) {
+			count_held(e, slot, raw, cpu);
+			return 0;
+		}
+		if (slot == SLOT_FILTERED) {
+			count_stat(STAT_FILTERED);
+			return 0;
 		}
 	}
+	// Everything else needs the socket's full tuple.
+	if (!read_tuple(sk, btf, &tuple)) {
+		count_stat(STAT_ERRORS);
+		return 0;
+	}
+	if (e->addrpair == id.addrpair && e->portpair == id.portpair && e->family == id.family &&
+	    e->cgroup_word == cgroup_word && slot != SLOT_FREE && id.family == AF_INET6 && same_v6(e, &tuple)) {
+		if (slot < SLOT_DRAIN) {
+			count_held(e, slot, raw, cpu);
+			return 0;
+		}
+		if (slot == SLOT_FILTERED) {
+			count_stat(STAT_FILTERED);
+			return 0;
+		}
+	}
+	if (slot == SLOT_FREE || slot == SLOT_FILTERED) {
+		slot = resolve(sk, &tuple);
+		take(e, &id, &tuple, cgroup_word, slot, raw, cpu);
+		if (slot == SLOT_FILTERED)
+			count_stat(STAT_FILTERED);
+		return 0;
+	}
+	// Held by another socket, or this socket's entry being drained.
+	slot = resolve(sk, &tuple);
 	if (slot == SLOT_FILTERED) {
 		count_stat(STAT_FILTERED);
 		return 0;

@@ -29,10 +29,20 @@ type TcprttBucketEntry struct {
 
 type TcprttCacheEntry struct {
 	_          structs.HostLayout
-	Tuple      TcprttSeriesKey
-	Epoch      uint32
+	Addrpair   uint64
+	Portpair   uint32
+	Family     uint16
+	Misses     uint16
 	Slot       uint32
+	Base       uint32
+	Sum        uint64
+	Counts     [8]uint32
+	V6Daddr    [16]uint8
+	V6RcvSaddr [16]uint8
 	CgroupWord uint64
+	Seq        uint32
+	SeqPrev    uint32
+	Unused     [4]uint32
 }
 
 type TcprttSelftestValues struct {
@@ -62,7 +72,6 @@ type TcprttSeriesRef struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	TcprttMapAddrFilter        = "addr_filter"
-	TcprttMapCacheEpoch        = "cache_epoch"
 	TcprttMapCounts            = "counts"
 	TcprttMapCpuSums           = "cpu_sums"
 	TcprttMapFreeSlots         = "free_slots"
@@ -78,7 +87,9 @@ const (
 	TcprttProgTcprttTracepoint = "tcprtt_tracepoint"
 	TcprttVarCfgBuckets        = "cfg_buckets"
 	TcprttVarCfgCacheEntries   = "cfg_cache_entries"
+	TcprttVarCfgEntryCounts    = "cfg_entry_counts"
 	TcprttVarCfgFamily         = "cfg_family"
+	TcprttVarCfgFetchAtomics   = "cfg_fetch_atomics"
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
 	TcprttVarCfgMaxSeries      = "cfg_max_series"
@@ -143,7 +154,6 @@ type TcprttProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttMapSpecs struct {
 	AddrFilter  *ebpf.MapSpec `ebpf:"addr_filter"`
-	CacheEpoch  *ebpf.MapSpec `ebpf:"cache_epoch"`
 	Counts      *ebpf.MapSpec `ebpf:"counts"`
 	CpuSums     *ebpf.MapSpec `ebpf:"cpu_sums"`
 	FreeSlots   *ebpf.MapSpec `ebpf:"free_slots"`
@@ -160,7 +170,9 @@ type TcprttMapSpecs struct {
 type TcprttVariableSpecs struct {
 	CfgBuckets       *ebpf.VariableSpec `ebpf:"cfg_buckets"`
 	CfgCacheEntries  *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
+	CfgEntryCounts   *ebpf.VariableSpec `ebpf:"cfg_entry_counts"`
 	CfgFamily        *ebpf.VariableSpec `ebpf:"cfg_family"`
+	CfgFetchAtomics  *ebpf.VariableSpec `ebpf:"cfg_fetch_atomics"`
 	CfgFilters       *ebpf.VariableSpec `ebpf:"cfg_filters"`
 	CfgGroupBy       *ebpf.VariableSpec `ebpf:"cfg_group_by"`
 	CfgMaxSeries     *ebpf.VariableSpec `ebpf:"cfg_max_series"`
@@ -192,7 +204,6 @@ func (o *TcprttObjects) Close() error {
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttMaps struct {
 	AddrFilter  *ebpf.Map `ebpf:"addr_filter"`
-	CacheEpoch  *ebpf.Map `ebpf:"cache_epoch"`
 	Counts      *ebpf.Map `ebpf:"counts"`
 	CpuSums     *ebpf.Map `ebpf:"cpu_sums"`
 	FreeSlots   *ebpf.Map `ebpf:"free_slots"`
@@ -206,7 +217,6 @@ type TcprttMaps struct {
 func (m *TcprttMaps) Close() error {
 	return _TcprttClose(
 		m.AddrFilter,
-		m.CacheEpoch,
 		m.Counts,
 		m.CpuSums,
 		m.FreeSlots,
@@ -224,7 +234,9 @@ func (m *TcprttMaps) Close() error {
 type TcprttVariables struct {
 	CfgBuckets       *ebpf.Variable `ebpf:"cfg_buckets"`
 	CfgCacheEntries  *ebpf.Variable `ebpf:"cfg_cache_entries"`
+	CfgEntryCounts   *ebpf.Variable `ebpf:"cfg_entry_counts"`
 	CfgFamily        *ebpf.Variable `ebpf:"cfg_family"`
+	CfgFetchAtomics  *ebpf.Variable `ebpf:"cfg_fetch_atomics"`
 	CfgFilters       *ebpf.Variable `ebpf:"cfg_filters"`
 	CfgGroupBy       *ebpf.Variable `ebpf:"cfg_group_by"`
 	CfgMaxSeries     *ebpf.Variable `ebpf:"cfg_max_series"`

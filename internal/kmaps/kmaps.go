@@ -135,11 +135,32 @@ const (
 )
 
 // CacheEntriesPerCPU is the number of entries of the per-CPU socket cache
-// (cfg_cache_entries; a power of two), 64 bytes each.
+// (CACHE_ENTRIES in the program; a power of two), CacheEntryBytes each.
 const CacheEntriesPerCPU = 1024
 
-// CacheEntryBytes is the size of struct cache_entry.
-const CacheEntryBytes = 64
+// Layout of struct cache_entry: the socket it holds, its slot, and the
+// counts and sum of its samples in a window of CacheWindow row words from
+// base. User space reads the first cache line; it writes the slot of an
+// entry it marks to drain and, one read later, frees the entry.
+const (
+	CacheEntryBytes  = 128
+	CacheSlotOffset  = 16 // u32
+	CacheBaseOffset  = 20 // u32: the row word of counts[0]
+	CacheSumOffset   = 24 // u64
+	CacheCountOffset = 32  // CacheWindow × u32
+	CacheSeqOffset   = 104 // u32: odd while the program moves the counts to the row
+	CacheWindow      = 8
+)
+
+// Slot values of a cache entry: below CacheSlotDrain a row;
+// CacheSlotDrain|row an entry marked to drain, whose counts still belong
+// to the row; CacheSlotFree no socket; CacheSlotFiltered a filtered socket
+// (nothing counted).
+const (
+	CacheSlotDrain    = 0x80000000
+	CacheSlotFree     = 0xfffffffe
+	CacheSlotFiltered = 0xffffffff
+)
 
 // Layout is the geometry of the counts array.
 type Layout struct {

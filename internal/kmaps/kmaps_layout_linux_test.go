@@ -3,6 +3,7 @@
 package kmaps_test
 
 import (
+	"unsafe"
 	"bytes"
 	"encoding/binary"
 	"reflect"
@@ -84,6 +85,13 @@ func TestBytesMatchBPF(t *testing.T) {
 	assert.Equal(t, bytesOf(t, bpf.TcprttSeriesRef{Slot: r.Slot}), bytesOf(t, r))
 	// One socket cache entry per cache line, as the program assumes.
 	assert.Equal(t, kmaps.CacheEntryBytes, binary.Size(bpf.TcprttCacheEntry{}))
+	var e bpf.TcprttCacheEntry
+	assert.Equal(t, uintptr(kmaps.CacheSlotOffset), unsafe.Offsetof(e.Slot))
+	assert.Equal(t, uintptr(kmaps.CacheBaseOffset), unsafe.Offsetof(e.Base))
+	assert.Equal(t, uintptr(kmaps.CacheSumOffset), unsafe.Offsetof(e.Sum))
+	assert.Equal(t, uintptr(kmaps.CacheCountOffset), unsafe.Offsetof(e.Counts))
+	assert.Equal(t, uintptr(kmaps.CacheSeqOffset), unsafe.Offsetof(e.Seq))
+	assert.Equal(t, kmaps.CacheWindow, len(e.Counts))
 
 	a := kmaps.AddrFilterKey{Prefixlen: 112, Direction: kmaps.Remote}
 	a.Addr[10], a.Addr[11], a.Addr[12] = 0xff, 0xff, 10

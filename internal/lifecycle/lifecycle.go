@@ -36,8 +36,9 @@ type Rows interface {
 	// key takes a new row (a key already gone is not an error).
 	Unindex(key kmaps.Key) error
 	// Invalidate makes sockets that cached slot at generation resolve
-	// their series again.
-	Invalidate(slot, generation uint32) error
+	// their series again. held reports that some still held it: what they
+	// counted reaches the row only at the next read.
+	Invalidate(slot, generation uint32) (held bool, err error)
 	// ReadRow reads the counts and the sum of slot into s. s.Buckets may
 	// alias a buffer that is valid until the next ReadRow.
 	ReadRow(slot uint32, s *kmaps.Series) error
@@ -151,9 +152,14 @@ func (m *Machine) free(r *retiredRow, liveSlot func(kmaps.Key) (uint32, bool), e
 	if r.stage == waiting {
 		// Once more: a program that had resolved the row just before it
 		// was retired may have cached it after the first invalidation.
-		// None can still be doing so now, an interval later.
-		if err := m.rows.Invalidate(r.slot, r.generation+1); err != nil {
+		// None can still be doing so now, an interval later; if one did,
+		// the row waits one more read for what it counted.
+		held, err := m.rows.Invalidate(r.slot, r.generation+1)
+		if err != nil {
 			return fmt.Errorf("expire idle series: %w", err)
+		}
+		if held {
+			return nil
 		}
 		r.stage = toAccount
 	}
@@ -233,7 +239,7 @@ func (m *Machine) retire(r *retiredRow) error {
 		}
 		r.stage = toInvalidate
 	}
-	if err := m.rows.Invalidate(r.slot, r.generation); err != nil {
+	if _, err := m.rows.Invalidate(r.slot, r.generation); err != nil {
 		return fmt.Errorf("expire idle series: %w", err)
 	}
 	r.stage = waiting

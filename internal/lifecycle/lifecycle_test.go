@@ -22,6 +22,7 @@ type fakeRows struct {
 	reresolved int
 	added      map[uint32]kmaps.Series // AddToRow calls, by target slot
 	fail       map[string]int          // call name -> failures left
+	held       map[uint32]int          // slot -> Invalidate calls left that find it still held
 	calls      []string
 }
 
@@ -29,6 +30,7 @@ func newFakeRows() *fakeRows {
 	return &fakeRows{
 		rows: map[uint32]*kmaps.Series{}, index: map[kmaps.Key]uint32{},
 		generation: map[uint32]uint32{}, added: map[uint32]kmaps.Series{}, fail: map[string]int{},
+		held: map[uint32]int{},
 	}
 }
 
@@ -67,12 +69,16 @@ func (f *fakeRows) Unindex(key kmaps.Key) error {
 	return nil
 }
 
-func (f *fakeRows) Invalidate(slot, generation uint32) error {
+func (f *fakeRows) Invalidate(slot, generation uint32) (bool, error) {
 	if err := f.call("Invalidate"); err != nil {
-		return err
+		return false, err
 	}
 	f.generation[slot] = generation + 1
-	return nil
+	if f.held[slot] > 0 {
+		f.held[slot]--
+		return true, nil
+	}
+	return false, nil
 }
 
 func (f *fakeRows) ReadRow(slot uint32, s *kmaps.Series) error {
@@ -174,6 +180,32 @@ func (r *reader) read(d time.Duration) error {
 }
 
 func key(port uint16) kmaps.Key { return kmaps.Key{RemotePort: port, Family: 4} }
+
+// TestRowStillHeldWaitsAnotherRead: when the second invalidation finds the
+// row still held (a program cached it after the first), the row is read,
+// cleared and freed only at a later read, with what was counted meanwhile.
+func TestRowStillHeldWaitsAnotherRead(t *testing.T) {
+	r := newReader(t, 4, time.Minute)
+	r.f.index[key(1)] = 0
+	r.f.count(0, 3, 80, 5)
+	require.NoError(t, r.read(0))
+	require.NoError(t, r.read(61*time.Second))
+	require.NotContains(t, r.f.index, key(1), "retired")
+
+	r.f.held[0] = 1
+	require.NoError(t, r.read(time.Second))
+	assert.Empty(t, r.f.free, "still held: not freed")
+	assert.Equal(t, 1, r.m.Retiring())
+	assert.NotContains(t, r.f.calls, "ClearRow", "not cleared while held")
+
+	r.f.count(0, 3, 80, 2) // what the holder counted, now in the row
+	require.NoError(t, r.read(time.Second))
+	assert.Equal(t, []uint32{0}, r.f.free)
+	require.Len(t, r.out, 1, "the late samples go out in a final point")
+	assert.Equal(t, uint64(7), r.out[0].Total)
+	assert.Equal(t, uint64(7), r.m.Expired())
+	assert.Zero(t, r.m.Retiring())
+}
 
 // TestIdleRowIsRetiredThenFreedOneReadLater: an idle series leaves the
 // index at once and its row returns to the free queue at the next read.

@@ -97,6 +97,10 @@ type Spec struct {
 	// OneCacheEntry makes every socket of a CPU share one entry of the
 	// per-CPU socket cache (for tests of colliding sockets).
 	OneCacheEntry bool
+	// RowCountsOnly makes the program count every sample in the rows, as
+	// it does where its cache entries cannot count (for tests of that
+	// path).
+	RowCountsOnly bool
 	// KernelTypes, if set, are the kernel types CO-RE relocates against
 	// instead of the running kernel's (for tests of other kernels'
 	// struct layouts, such as sock_cgroup_data before 5.15).

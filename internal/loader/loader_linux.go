@@ -60,7 +60,8 @@ type Tracer struct {
 	stats  *ebpf.Map
 	counts []byte // the counts array, mmapped
 	sums   []byte // cpu_sums, mmapped: per CPU, one u64 per slot
-	epoch  []byte // cache_epoch, mmapped
+	cache  []byte // sk_cache, mmapped
+	cs     cacheState
 
 	// Reused across reads.
 	keys      []kmaps.Key
@@ -165,11 +166,12 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	for _, m := range []struct {
 		name string
 		dst  *[]byte
-	}{{bpf.TcprttMapCounts, &t.counts}, {bpf.TcprttMapCpuSums, &t.sums}, {bpf.TcprttMapCacheEpoch, &t.epoch}} {
+	}{{bpf.TcprttMapCounts, &t.counts}, {bpf.TcprttMapCpuSums, &t.sums}, {bpf.TcprttMapSkCache, &t.cache}} {
 		if *m.dst, err = mmapArray(coll.Maps[m.name]); err != nil {
 			return nil, fmt.Errorf("%s: %w", m.name, err)
 		}
 	}
+	t.initCache()
 	t.attachedAt = time.Now()
 	t.link, err = attach(mode, t.prog)
 	if errors.Is(err, ebpf.ErrNotSupported) {
@@ -199,6 +201,8 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		bpf.TcprttVarCfgSumStride:     layout.SumStride(),
 		bpf.TcprttVarCfgCacheEntries:  uint32(kmaps.CacheEntriesPerCPU),
 		bpf.TcprttVarCfgOneCacheEntry: spec.OneCacheEntry,
+		bpf.TcprttVarCfgFetchAtomics:  haveFetchAtomics(),
+		bpf.TcprttVarCfgEntryCounts:   entryCountsOrdered(haveFetchAtomics()) && !spec.RowCountsOnly,
 		bpf.TcprttVarCfgBuckets:       table,
 	}
 	for name, v := range vars {
@@ -329,7 +333,7 @@ func (t *Tracer) Close() error {
 		errs = append(errs, t.link.Close())
 		t.link = nil
 	}
-	for _, b := range []*[]byte{&t.counts, &t.sums, &t.epoch} {
+	for _, b := range []*[]byte{&t.counts, &t.sums, &t.cache} {
 		if *b != nil {
 			errs = append(errs, unix.Munmap(*b))
 			*b = nil

@@ -28,6 +28,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 		return errors.New("tcprtt program is closed")
 	}
 	now := t.now()
+	t.scanCache()
 	if err := t.readIndex(); err != nil {
 		return err
 	}
@@ -81,6 +82,7 @@ func (t *Tracer) Read(snap *kmaps.Snapshot, rows *[]uint64) error {
 			s.Sum = t.slotSum(s.Slot)
 		}
 	}
+	t.markIdle()
 	var err error
 	snap.Stats, err = t.readStats()
 	snap.Stats.Expired = t.machine.Expired()
@@ -123,12 +125,17 @@ func (t *Tracer) storeWord(slot, word uint32, v uint64) {
 	atomic.StoreUint64(t.word(slot, word), v)
 }
 
+// loadRow copies slot's row, with the counts of the cache entries that
+// hold it, to row.
 func (t *Tracer) loadRow(slot uint32, row []uint64) {
 	start := uint64(slot) * uint64(t.layout.Stride())
 	src := t.words()[start : start+uint64(len(row))]
-	for i := range row {
-		row[i] = atomic.LoadUint64(&src[i])
-	}
+	t.stable(slot, func() {
+		for i := range row {
+			row[i] = atomic.LoadUint64(&src[i])
+		}
+		t.addHeldCounts(slot, row)
+	})
 }
 
 // sumWord is CPU cpu's sum of slot in the mmapped cpu_sums array.
@@ -136,13 +143,17 @@ func (t *Tracer) sumWord(cpu int, slot uint32) *uint64 {
 	return &asWords(t.sums)[uint64(cpu)*uint64(t.layout.SumStride())+uint64(slot)]
 }
 
-// slotSum is the sum of slot over every CPU, plus what user space moved
-// into it (lifecycle AddToRow).
+// slotSum is the sum of slot over every CPU and the cache entries that
+// hold it, plus what user space moved into it (drained entries, lifecycle
+// AddToRow).
 func (t *Tracer) slotSum(slot uint32) uint64 {
-	sum := t.sumCarry[slot]
-	for cpu := range t.ncpu {
-		sum += atomic.LoadUint64(t.sumWord(cpu, slot))
-	}
+	var sum uint64
+	t.stable(slot, func() {
+		sum = t.sumCarry[slot] + t.heldSum(slot)
+		for cpu := range t.ncpu {
+			sum += atomic.LoadUint64(t.sumWord(cpu, slot))
+		}
+	})
 	return sum
 }
 

@@ -24,12 +24,13 @@ func (r kernelRows) Unindex(key kmaps.Key) error {
 }
 
 // Invalidate gives the row a new generation (the converter's identity of
-// a run) and bumps the cache epoch: every socket resolves its series again
-// on its next segment, through the index that no longer has the key.
-func (r kernelRows) Invalidate(slot, generation uint32) error {
+// a run) and marks the cache entries holding it to drain: their sockets
+// resolve their series again on their next segment, through the index
+// that no longer has the key, and the entries' counts move into the row
+// at the next read.
+func (r kernelRows) Invalidate(slot, generation uint32) (bool, error) {
 	r.t.storeWord(slot, kmaps.RowGeneration, uint64(generation+1))
-	r.t.bumpEpoch()
-	return nil
+	return r.t.markHolders(slot), nil
 }
 
 func (r kernelRows) ReadRow(slot uint32, s *kmaps.Series) error {
@@ -88,16 +89,11 @@ func (r kernelRows) HasFreeRow() (bool, error) {
 	return err == nil, err
 }
 
-// ReresolveOverflow bumps the cache epoch: every socket resolves again,
-// and those that found no row before pop a free one.
+// ReresolveOverflow marks the cache entries holding the overflow row to
+// drain: their sockets resolve again, and pop a free row if there is one.
 func (r kernelRows) ReresolveOverflow() error {
-	r.t.bumpEpoch()
+	r.t.markHolders(r.t.layout.OverflowSlot())
 	return nil
-}
-
-// bumpEpoch makes every entry of the per-CPU socket cache stale.
-func (t *Tracer) bumpEpoch() {
-	atomic.AddUint64(&asWords(t.epoch)[0], 1)
 }
 
 // liveSlot returns the row key has in the index read by this Read.
