@@ -144,9 +144,9 @@ const CacheEntriesPerCPU = 1024
 // entry it marks to drain and, one read later, frees the entry.
 const (
 	CacheEntryBytes  = 128
-	CacheSlotOffset  = 16 // u32
-	CacheBaseOffset  = 20 // u32: the row word of counts[0]
-	CacheSumOffset   = 24 // u64
+	CacheSlotOffset  = 16  // u32
+	CacheBaseOffset  = 20  // u32: the row word of counts[0]
+	CacheSumOffset   = 24  // u64
 	CacheCountOffset = 32  // CacheWindow × u32
 	CacheSeqOffset   = 104 // u32: odd while the program moves the counts to the row
 	CacheWindow      = 8

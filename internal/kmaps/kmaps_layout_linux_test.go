@@ -3,11 +3,11 @@
 package kmaps_test
 
 import (
-	"unsafe"
 	"bytes"
 	"encoding/binary"
 	"reflect"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
