@@ -191,6 +191,7 @@ int BPF_PROG(bench_reference, struct sock *sk)
 #define V_NO_COUNT (1 << 3)     // stop once the slot is known
 #define V_NO_SUM (1 << 4)       // bucket add only
 #define V_IN_ENTRY (1 << 5)     // count and sum in the entry's own line, no row
+#define V_NO_TABLE (1 << 6)     // bucket from the octave alone, no table read
 
 #define ROW_BUCKETS 2
 #define BUCKET_TABLE_SIZE 512
@@ -356,7 +357,7 @@ int BPF_PROG(bench_variant, struct sock *sk)
 
 	word = 1;
 	if (raw)
-		word = ROW_BUCKETS + bucket_position(raw);
+		word = ROW_BUCKETS + (V(V_NO_TABLE) ? log2_u32(raw) << cfg_scale : bucket_position(raw));
 	if (V(V_IN_ENTRY)) {
 		e->counts[word & 3] += 1; // per-CPU line: no atomic
 		e->sum += raw;

@@ -726,6 +726,17 @@ static __always_inline void take(struct cache_entry *e, const struct sock_id *id
 		count_held(e, slot, raw, cpu);
 }
 
+// holds reports whether entry e holds the socket of identity id (its
+// IPv6 addresses aside) and, when cgroup is grouped, of that cgroup. The
+// entry's second line is read only for the cgroup.
+static __always_inline bool holds(const struct cache_entry *e, const struct sock_id *id, __u64 cgroup_word)
+{
+	if (e->slot == SLOT_FREE || e->addrpair != id->addrpair || e->portpair != id->portpair ||
+	    e->family != id->family)
+		return false;
+	return !(cfg_group_by & GROUP_CGROUP) || e->cgroup_word == cgroup_word;
+}
+
 // record handles one segment. The socket's entry in this CPU's cache,
 // when it holds the socket, counts the sample in its window; a free entry
 // is taken after the socket's series is resolved (filters, then the
@@ -758,8 +769,7 @@ static __always_inline int record(struct sock *sk, const bool btf)
 	if (cfg_group_by & GROUP_CGROUP)
 		cgroup_word = read_cgroup_word(sk);
 	slot = e->slot;
-	if (e->addrpair == id.addrpair && e->portpair == id.portpair && e->family == id.family &&
-	    e->cgroup_word == cgroup_word && slot != SLOT_FREE && id.family != AF_INET6) {
+	if (holds(e, &id, cgroup_word) && id.family != AF_INET6) {
 		// An IPv4 socket's entry: the common path.
 		if (slot < SLOT_DRAIN) {
 			count_held(e, slot, raw, cpu);
@@ -775,8 +785,7 @@ static __always_inline int record(struct sock *sk, const bool btf)
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
-	if (e->addrpair == id.addrpair && e->portpair == id.portpair && e->family == id.family &&
-	    e->cgroup_word == cgroup_word && slot != SLOT_FREE && id.family == AF_INET6 && same_v6(e, &tuple)) {
+	if (holds(e, &id, cgroup_word) && id.family == AF_INET6 && same_v6(e, &tuple)) {
 		if (slot < SLOT_DRAIN) {
 			count_held(e, slot, raw, cpu);
 			return 0;

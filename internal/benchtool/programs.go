@@ -94,6 +94,7 @@ const (
 	vNoCount     = 1 << 3
 	vNoSum       = 1 << 4
 	vInEntry     = 1 << 5
+	vNoTable     = 1 << 6
 )
 
 // variantRows is the number of rows of a variant's maps; series are
