@@ -18,17 +18,23 @@ import (
 // both ways of reading the socket (direct loads through bpf_rdonly_cast,
 // and the BPF helpers older kernels need), that the program files each
 // sample under the socket's exact 4-tuple and records the srtt the socket's
-// own TCP_INFO reports (read just before one more round trip).
+// own TCP_INFO reports (read just before one more round trip). The
+// samples are counted in the socket's cache entry where the kernel allows
+// it, and row_counts also checks counting in the rows only (as on arm64
+// before 5.12).
 func TestSocketReads(t *testing.T) {
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
 	table := testTable(t)
 	all := kmaps.GroupLocalAddress | kmaps.GroupRemoteAddress | kmaps.GroupLocalPort | kmaps.GroupRemotePort
 	for _, mode := range AutoOrder {
-		for _, helpers := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/helper_reads=%v", mode, helpers), func(t *testing.T) {
+		for _, v := range []struct {
+			name             string
+			helpers, rowOnly bool
+		}{{"helper_reads=false", false, false}, {"helper_reads=true", true, false}, {"row_counts", false, true}} {
+			t.Run(fmt.Sprintf("%s/%s", mode, v.name), func(t *testing.T) {
 				requireFlavour(t, mode)
-				tr, err := Open(Spec{Mode: mode, GroupBy: all, Table: table, MaxSeries: 64, HelperReads: helpers})
+				tr, err := Open(Spec{Mode: mode, GroupBy: all, Table: table, MaxSeries: 64, HelperReads: v.helpers, RowCountsOnly: v.rowOnly})
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -22,6 +22,7 @@ while read -r mode verdict cause; do
 	if [ "$verdict" = attached ]; then
 		attached+=("$mode")
 		for t in "TestSocketReads/$mode/helper_reads=false" "TestSocketReads/$mode/helper_reads=true" \
+			"TestSocketReads/$mode/row_counts" \
 			"TestRecordedSRTTMatchesTCPInfo/$mode"; do
 			grep -qF -- "--- PASS: $t " "$log" || problems+=("$t did not pass")
 		done
