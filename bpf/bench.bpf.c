@@ -176,14 +176,17 @@ int BPF_PROG(bench_reference, struct sock *sk)
 
 // ---- bench_variant ---------------------------------------------------
 //
-// tcprtt_tp_btf's path for one IPv4 or IPv6 socket, grouped by remote
-// address, on maps of its own: a per-CPU cache entry indexed by skc_hash
-// holding the socket's address and port words and its slot (found, on a
-// miss, by remote address in a hash, the next slot on first sight), then
-// an atomic add to the bucket word of the slot's shared row and an add to
-// this CPU's sum. cfg_variant switches parts off or moves them (constant
-// at load, so the verifier drops the unused branches): what each cache
-// line the path touches costs, and what waits for what.
+// A per-segment path like tcprtt_tp_btf's for one socket, grouped by
+// remote address, on maps of its own: a per-CPU cache entry indexed by
+// skc_hash holding the socket's address and port words and its slot
+// (found, on a miss, by remote address in a hash, the next slot on first
+// sight), then, with no flags, an atomic add to the bucket word of the
+// slot's shared row and an add to this CPU's sum (tcprtt's path for a
+// sample outside its entry's window, and its whole path before it counted
+// in the entry; V_IN_ENTRY is the way it counts now). cfg_variant switches
+// parts off or moves them (constant at load, so the verifier drops the
+// unused branches): what each cache line the path touches costs, and what
+// waits for what.
 
 #define V_READS_ONLY (1 << 0)   // read srtt and the socket's identity, nothing else
 #define V_CONFIG_INDEX (1 << 1) // entry index from a config load (the cache size in .rodata)

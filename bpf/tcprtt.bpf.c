@@ -24,17 +24,19 @@
 //                        only this line: no hashing, no map helper, no
 //                        shared line. Samples outside the window, and
 //                        sockets that find their entry held by another,
-//                        go to the row (atomic) and this CPU's sum.
-//                        Entries are handed back by user space only: it
-//                        marks an entry to drain (idle, or its row freed),
-//                        and one read later, when no program can still be
-//                        counting into it, moves its counts into the row
-//                        and frees it
+//                        go to the row (atomic) and this CPU's sum; after
+//                        a few such samples the program moves the window
+//                        (see rebase). Entries are handed back by user
+//                        space only: it marks an entry to drain (idle, or
+//                        its row retired), and one read later, when no
+//                        program can still be counting into it, moves its
+//                        counts into the row and frees it
 //   stats         percpu array  samples filtered out, samples not placed
-// Counts are only ever added to, and move (cache entry to row) only in
-// user space, between its reads; so nothing is lost or counted twice. The
-// three arrays user space reads or writes while the program runs are
-// mmapped.
+// Counts are only ever added to. They move from an entry to its row only
+// by the program under the entry's sequence word, or by user space
+// between its reads, so a read never counts a sample twice or misses one
+// it counted before. The three arrays user space reads or writes while
+// the program runs are mmapped.
 
 #include <stdbool.h>
 #include <linux/bpf.h>
@@ -157,7 +159,7 @@ struct trace_event_raw_tcp_probe {
 // socket's hash alone, and its load starts at once instead of waiting for
 // a load of the config. On a host with busy caches every line the program
 // alone touches is a miss, so what costs is how many misses wait for each
-// other (make bench-variants: 0.3-0.4x the empty program for this wait).
+// other (make bench-variants: about 0.4x the empty program for this wait).
 #define CACHE_ENTRIES 1024
 
 struct bucket_entry {
@@ -178,7 +180,6 @@ const volatile __u32 cfg_cache_entries = 0; // the loader's CACHE_ENTRIES, check
 const volatile bool cfg_one_cache_entry = false; // tests: all sockets of a CPU share one entry
 const volatile __u32 cfg_sum_stride = 0; // cpu_sums words per CPU (rows, rounded up to a cache line)
 const volatile bool cfg_rdonly_cast = true; // direct socket reads where bpf_rdonly_cast exists
-const volatile bool cfg_fetch_atomics = false;
 const volatile bool cfg_entry_counts = false;
 const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
 
@@ -628,19 +629,17 @@ static __always_inline __u32 window_base(__u32 word)
 	return word > ROW_ZERO + ENTRY_COUNTS / 2 ? word - ENTRY_COUNTS / 2 : ROW_ZERO;
 }
 
-// cfg_fetch_atomics (above): the kernel has BPF atomics that return the
-// old value (5.12+), which are full barriers on every architecture;
-// cfg_entry_counts: the adds to seq order the entry's writes (those, or
-// x86's locked add); otherwise samples are counted in the row only, and
-// the entries only name it.
+// cfg_entry_counts (above): the adds to seq order the entry's writes:
+// BPF atomics that return the old value (5.12+) are full barriers on
+// every architecture, and x86's locked add is one too (the loader turns
+// the fetching adds into plain ones for kernels without them). Otherwise
+// samples are counted in the row only, and the entries only name it.
 
-// bump_seq adds one to e->seq with a full barrier.
+// bump_seq adds one to e->seq with a full barrier (a fetching add: its
+// old value is kept only so that the add is one).
 static __always_inline void bump_seq(struct cache_entry *e)
 {
-	if (cfg_fetch_atomics)
-		e->seq_prev = __sync_fetch_and_add(&e->seq, 1);
-	else
-		__sync_fetch_and_add(&e->seq, 1);
+	e->seq_prev = __sync_fetch_and_add(&e->seq, 1);
 }
 
 // rebase moves the counts and sum of e, which holds slot, to the row and

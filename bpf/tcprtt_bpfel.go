@@ -89,7 +89,6 @@ const (
 	TcprttVarCfgCacheEntries   = "cfg_cache_entries"
 	TcprttVarCfgEntryCounts    = "cfg_entry_counts"
 	TcprttVarCfgFamily         = "cfg_family"
-	TcprttVarCfgFetchAtomics   = "cfg_fetch_atomics"
 	TcprttVarCfgFilters        = "cfg_filters"
 	TcprttVarCfgGroupBy        = "cfg_group_by"
 	TcprttVarCfgMaxSeries      = "cfg_max_series"
@@ -172,7 +171,6 @@ type TcprttVariableSpecs struct {
 	CfgCacheEntries  *ebpf.VariableSpec `ebpf:"cfg_cache_entries"`
 	CfgEntryCounts   *ebpf.VariableSpec `ebpf:"cfg_entry_counts"`
 	CfgFamily        *ebpf.VariableSpec `ebpf:"cfg_family"`
-	CfgFetchAtomics  *ebpf.VariableSpec `ebpf:"cfg_fetch_atomics"`
 	CfgFilters       *ebpf.VariableSpec `ebpf:"cfg_filters"`
 	CfgGroupBy       *ebpf.VariableSpec `ebpf:"cfg_group_by"`
 	CfgMaxSeries     *ebpf.VariableSpec `ebpf:"cfg_max_series"`
@@ -236,7 +234,6 @@ type TcprttVariables struct {
 	CfgCacheEntries  *ebpf.Variable `ebpf:"cfg_cache_entries"`
 	CfgEntryCounts   *ebpf.Variable `ebpf:"cfg_entry_counts"`
 	CfgFamily        *ebpf.Variable `ebpf:"cfg_family"`
-	CfgFetchAtomics  *ebpf.Variable `ebpf:"cfg_fetch_atomics"`
 	CfgFilters       *ebpf.Variable `ebpf:"cfg_filters"`
 	CfgGroupBy       *ebpf.Variable `ebpf:"cfg_group_by"`
 	CfgMaxSeries     *ebpf.Variable `ebpf:"cfg_max_series"`

@@ -22,7 +22,7 @@ type variant struct {
 
 // allVariants starts with the modelled path, the baseline.
 var allVariants = []variant{
-	{name: "path: cache entry, bucket (shared row), per-CPU sum"},
+	{name: "row path: cache entry, bucket (shared row), per-CPU sum"},
 	{name: "tcprtt_tp_btf (the product, default config)", product: true},
 	{name: "reference with direct reads (bpf_rdonly_cast)", load: func() *ebpf.Program { return referenceProgram(true) }},
 	{name: "floor: srtt and the socket's identity read", flags: vReadsOnly},
@@ -30,7 +30,7 @@ var allVariants = []variant{
 	{name: "entry index from a config load", flags: vConfigIndex},
 	{name: "- count (slot known, nothing written)", flags: vNoCount},
 	{name: "- per-CPU sum", flags: vNoSum},
-	{name: "count and sum in the entry's line, no row", flags: vInEntry},
+	{name: "count and sum in the entry's line, no row (tcprtt's way)", flags: vInEntry},
 }
 
 // variantCosts measures every variant side by side with the empty and the

@@ -22,9 +22,10 @@ func haveFetchAtomics() bool {
 		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
 			Type: ebpf.SocketFilter,
 			Instructions: asm.Instructions{
-				asm.StoreImm(asm.R10, -8, 0, asm.DWord),
+				asm.Mov.Imm(asm.R1, 0),
+				asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
 				asm.Mov.Imm(asm.R1, 1),
-				asm.FetchAdd.Mem(asm.R10, asm.R1, asm.DWord, -8),
+				asm.FetchAdd.Mem(asm.RFP, asm.R1, asm.DWord, -8),
 				asm.Mov.Imm(asm.R0, 0),
 				asm.Return(),
 			},
@@ -36,6 +37,21 @@ func haveFetchAtomics() bool {
 		}
 	})
 	return fetchAtomics
+}
+
+// withoutFetchAtomics rewrites the program's fetching atomic adds into
+// plain ones, for kernels that refuse the former (before 5.12, even in
+// code the verifier would find dead). The program uses them only to
+// bracket a window's move with full barriers, and keeps the fetched
+// value nowhere that matters; a plain locked add is one on x86, and
+// elsewhere entry counting is off without them (entryCountsOrdered).
+func withoutFetchAtomics(ps *ebpf.ProgramSpec) {
+	for i := range ps.Instructions {
+		ins := &ps.Instructions[i]
+		if ins.OpCode.Class().IsStore() && ins.OpCode.Mode() == asm.AtomicMode && ins.OpCode.AtomicOp() == asm.FetchAdd {
+			ins.OpCode = asm.AddAtomic.OpCode(ins.OpCode.Size())
+		}
+	}
 }
 
 // entryCountsOrdered reports whether the program can count samples in its

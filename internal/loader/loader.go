@@ -27,8 +27,11 @@ const (
 )
 
 // AutoOrder is the order in which ModeAuto tries the flavours: cheapest
-// first. fentry and tp_btf cache each socket's series in socket storage;
-// raw_tp and the classic tracepoint resolve it on every segment.
+// first. Every flavour uses the same per-CPU socket cache; fentry and
+// tp_btf get a typed socket pointer (direct loads on every kernel), raw_tp
+// and the classic tracepoint an untyped one (direct loads through
+// bpf_rdonly_cast from 6.2, probe reads before), and the classic
+// tracepoint pays the perf event on top.
 var AutoOrder = []Mode{ModeFentry, ModeTpBtf, ModeRawTp, ModeTracepoint}
 
 // OrderFor is the order ModeAuto tries the flavours in on a kernel of

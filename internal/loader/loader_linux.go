@@ -128,6 +128,9 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 			delete(cs.Programs, name)
 		}
 	}
+	if !haveFetchAtomics() {
+		withoutFetchAtomics(cs.Programs[progName])
+	}
 	delete(cs.Maps, bpf.TcprttMapSelftest)
 	if err := configure(cs, &spec); err != nil {
 		return nil, err
@@ -201,7 +204,6 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		bpf.TcprttVarCfgSumStride:     layout.SumStride(),
 		bpf.TcprttVarCfgCacheEntries:  uint32(kmaps.CacheEntriesPerCPU),
 		bpf.TcprttVarCfgOneCacheEntry: spec.OneCacheEntry,
-		bpf.TcprttVarCfgFetchAtomics:  haveFetchAtomics(),
 		bpf.TcprttVarCfgEntryCounts:   entryCountsOrdered(haveFetchAtomics()) && !spec.RowCountsOnly,
 		bpf.TcprttVarCfgBuckets:       table,
 	}
