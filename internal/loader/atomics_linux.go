@@ -3,62 +3,60 @@
 package loader
 
 import (
+	"fmt"
 	"runtime"
-	"sync"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
-)
 
-// Whether the kernel has BPF atomics that return the old value (5.12+),
-// probed once with a program that uses one.
-var (
-	fetchAtomicsOnce sync.Once
-	fetchAtomics     bool
+	"github.com/tcprtt/tcprtt/bpf"
 )
-
-func haveFetchAtomics() bool {
-	fetchAtomicsOnce.Do(func() {
-		p, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-			Type: ebpf.SocketFilter,
-			Instructions: asm.Instructions{
-				asm.Mov.Imm(asm.R1, 0),
-				asm.StoreMem(asm.RFP, -8, asm.R1, asm.DWord),
-				asm.Mov.Imm(asm.R1, 1),
-				asm.FetchAdd.Mem(asm.RFP, asm.R1, asm.DWord, -8),
-				asm.Mov.Imm(asm.R0, 0),
-				asm.Return(),
-			},
-			License: "GPL",
-		})
-		if err == nil {
-			p.Close()
-			fetchAtomics = true
-		}
-	})
-	return fetchAtomics
-}
 
 // withoutFetchAtomics rewrites the program's fetching atomic adds into
 // plain ones, for kernels that refuse the former (before 5.12, even in
 // code the verifier would find dead). The program uses them only to
 // bracket a window's move with full barriers, and keeps the fetched
 // value nowhere that matters; a plain locked add is one on x86, and
-// elsewhere entry counting is off without them (entryCountsOrdered).
+// elsewhere entry counting is off without them (loadCollection).
 func withoutFetchAtomics(ps *ebpf.ProgramSpec) {
 	for i := range ps.Instructions {
 		ins := &ps.Instructions[i]
 		if ins.OpCode.Class().IsStore() && ins.OpCode.Mode() == asm.AtomicMode && ins.OpCode.AtomicOp() == asm.FetchAdd {
 			ins.OpCode = asm.AddAtomic.OpCode(ins.OpCode.Size())
+			ins.Constant = 0 // the immediate carries the atomic operation
 		}
 	}
 }
 
-// entryCountsOrdered reports whether the program can count samples in its
-// socket cache entries: user space reads an entry consistently with its
-// row only if the program's adds to the entry's sequence word are full
-// barriers, as fetching atomics are everywhere and x86's locked adds are.
-// Elsewhere (arm64 before 5.12) samples are counted in the rows only.
-func entryCountsOrdered(fetch bool) bool {
-	return fetch || runtime.GOARCH == "amd64"
+// loadCollection creates the maps and the program of cs, counting in the
+// socket cache entries unless spec.RowCountsOnly. Kernels before 5.12
+// refuse the program's fetching atomics, in a pass over every instruction
+// ("BPF_STX uses reserved fields"); other refusals are possible where a
+// JIT lacks them. Then it is loaded again with plain atomic adds, which
+// are full barriers on x86 only: elsewhere the samples are counted in the
+// rows. It reports whether the loaded program counts in the entries.
+func loadCollection(cs *ebpf.CollectionSpec, progName string, spec *Spec) (*ebpf.Collection, bool, error) {
+	opts := ebpf.CollectionOptions{Programs: ebpf.ProgramOptions{KernelTypes: spec.KernelTypes}}
+	entryCounts := !spec.RowCountsOnly
+	if err := cs.Variables[bpf.TcprttVarCfgEntryCounts].Set(entryCounts); err != nil {
+		return nil, false, fmt.Errorf("set %s: %w", bpf.TcprttVarCfgEntryCounts, err)
+	}
+	coll, err := ebpf.NewCollectionWithOptions(cs, opts)
+	if err == nil {
+		return coll, entryCounts, nil
+	}
+	withoutFetchAtomics(cs.Programs[progName])
+	entryCounts = entryCounts && runtime.GOARCH == "amd64"
+	if err := cs.Variables[bpf.TcprttVarCfgEntryCounts].Set(entryCounts); err != nil {
+		return nil, false, fmt.Errorf("set %s: %w", bpf.TcprttVarCfgEntryCounts, err)
+	}
+	coll, retryErr := ebpf.NewCollectionWithOptions(cs, opts)
+	if retryErr == nil {
+		return coll, entryCounts, nil
+	}
+	if strings.Contains(err.Error(), "uses reserved fields") {
+		return nil, false, retryErr // the atomics were the first refusal, not the last
+	}
+	return nil, false, err
 }

@@ -3,6 +3,8 @@
 package loader
 
 import (
+	"bytes"
+	"encoding/binary"
 	"testing"
 
 	"github.com/cilium/ebpf/asm"
@@ -45,6 +47,18 @@ func TestWithoutFetchAtomics(t *testing.T) {
 		}
 		if len(ps.Instructions) != before {
 			t.Errorf("%s: %d instructions, want %d", name, len(ps.Instructions), before)
+		}
+		// As the kernel reads them: an atomic's immediate is its operation.
+		var b bytes.Buffer
+		for i, ins := range ps.Instructions {
+			b.Reset()
+			if _, err := ins.Marshal(&b, binary.LittleEndian); err != nil {
+				t.Fatal(err)
+			}
+			raw := b.Bytes()
+			if raw[0]&0x07 == 0x03 && raw[0]&0xe0 == 0xc0 && binary.LittleEndian.Uint32(raw[4:8]) != 0 {
+				t.Errorf("%s: instruction %d (%v) still has atomic operation %#x", name, i, ins, binary.LittleEndian.Uint32(raw[4:8]))
+			}
 		}
 	}
 }

@@ -63,6 +63,8 @@ type Tracer struct {
 	cache  []byte // sk_cache, mmapped
 	cs     cacheState
 
+	entryCounts bool // the program counts in its cache entries (else in the rows only)
+
 	// Reused across reads.
 	keys      []kmaps.Key
 	refs      []kmaps.Ref
@@ -128,17 +130,12 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 			delete(cs.Programs, name)
 		}
 	}
-	if !haveFetchAtomics() {
-		withoutFetchAtomics(cs.Programs[progName])
-	}
 	delete(cs.Maps, bpf.TcprttMapSelftest)
 	if err := configure(cs, &spec); err != nil {
 		return nil, err
 	}
 
-	coll, err := ebpf.NewCollectionWithOptions(cs, ebpf.CollectionOptions{
-		Programs: ebpf.ProgramOptions{KernelTypes: spec.KernelTypes},
-	})
+	coll, entryCounts, err := loadCollection(cs, progName, &spec)
 	if err != nil {
 		return nil, explainLoad(mode, err, currentLoadEnv())
 	}
@@ -152,6 +149,8 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		free:   coll.Maps[bpf.TcprttMapFreeSlots],
 		stats:  coll.Maps[bpf.TcprttMapStats],
 		ncpu:   PossibleCPUs(),
+
+		entryCounts: entryCounts,
 
 		scratch:  make([]uint64, spec.Layout().Stride()),
 		now:      time.Now,
@@ -204,7 +203,6 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 		bpf.TcprttVarCfgSumStride:     layout.SumStride(),
 		bpf.TcprttVarCfgCacheEntries:  uint32(kmaps.CacheEntriesPerCPU),
 		bpf.TcprttVarCfgOneCacheEntry: spec.OneCacheEntry,
-		bpf.TcprttVarCfgEntryCounts:   entryCountsOrdered(haveFetchAtomics()) && !spec.RowCountsOnly,
 		bpf.TcprttVarCfgBuckets:       table,
 	}
 	for name, v := range vars {
