@@ -736,6 +736,22 @@ static __always_inline bool holds(const struct cache_entry *e, const struct sock
 	return !(cfg_group_by & GROUP_CGROUP) || e->cgroup_word == cgroup_word;
 }
 
+// count_in_entry handles a segment of the socket entry e holds with
+// slot; it is false for an entry marked to drain, whose socket is
+// resolved and counted in the row until user space frees the entry.
+static __always_inline bool count_in_entry(struct cache_entry *e, __u32 slot, __u32 raw, __u32 cpu)
+{
+	if (slot < SLOT_DRAIN) {
+		count_held(e, slot, raw, cpu);
+		return true;
+	}
+	if (slot == SLOT_FILTERED) {
+		count_stat(STAT_FILTERED);
+		return true;
+	}
+	return false;
+}
+
 // record handles one segment. The socket's entry in this CPU's cache,
 // when it holds the socket, counts the sample in its window; a free entry
 // is taken after the socket's series is resolved (filters, then the
@@ -768,32 +784,17 @@ static __always_inline int record(struct sock *sk, const bool btf)
 	if (cfg_group_by & GROUP_CGROUP)
 		cgroup_word = read_cgroup_word(sk);
 	slot = e->slot;
-	if (holds(e, &id, cgroup_word) && id.family != AF_INET6) {
-		// An IPv4 socket's entry: the common path.
-		if (slot < SLOT_DRAIN) {
-			count_held(e, slot, raw, cpu);
-			return 0;
-		}
-		if (slot == SLOT_FILTERED) {
-			count_stat(STAT_FILTERED);
-			return 0;
-		}
-	}
+	// An IPv4 socket's entry: the common path.
+	if (holds(e, &id, cgroup_word) && id.family != AF_INET6 && count_in_entry(e, slot, raw, cpu))
+		return 0;
 	// Everything else needs the socket's full tuple.
 	if (!read_tuple(sk, btf, &tuple)) {
 		count_stat(STAT_ERRORS);
 		return 0;
 	}
-	if (holds(e, &id, cgroup_word) && id.family == AF_INET6 && same_v6(e, &tuple)) {
-		if (slot < SLOT_DRAIN) {
-			count_held(e, slot, raw, cpu);
-			return 0;
-		}
-		if (slot == SLOT_FILTERED) {
-			count_stat(STAT_FILTERED);
-			return 0;
-		}
-	}
+	if (holds(e, &id, cgroup_word) && id.family == AF_INET6 && same_v6(e, &tuple) &&
+	    count_in_entry(e, slot, raw, cpu))
+		return 0;
 	if (slot == SLOT_FREE || slot == SLOT_FILTERED) {
 		slot = resolve(sk, &tuple);
 		take(e, &id, &tuple, cgroup_word, slot, raw, cpu);
