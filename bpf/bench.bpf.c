@@ -270,7 +270,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's cache_epoch
+	__uint(map_flags, BPF_F_MMAPABLE); // as tcprtt's epoch word was
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, __u64);
