@@ -20,10 +20,13 @@ import (
 //
 // A sample counted in an entry belongs to its row from the start: every
 // read adds the counts of the entries that hold a row (marked ones too) to
-// the row's own. Counts move, entry to row, only in user space, at the
-// start of a read and at least one read after the entry was marked, when
-// no program that saw it held can still be adding to it. So a read never
-// counts a sample twice, and a later read never counts fewer.
+// the row's own. Counts move, entry to row, in two ways only: by the
+// program when it moves an entry's window, with the entry's sequence word
+// odd meanwhile (stable reads the row and its entries again if a word
+// changed), and by user space at the start of a read, at least one read
+// after the entry was marked, when no program that saw it held can still
+// be adding to it. So a read never counts a sample twice, and a later read
+// never counts fewer.
 
 // cacheState is what user space keeps of the socket cache between reads.
 type cacheState struct {
