@@ -29,6 +29,8 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_tracing.h>
 
+#include "bucket.h"
+
 char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define AF_INET 2
@@ -94,26 +96,7 @@ static struct hist zero;
 
 const volatile bool cfg_ref_direct = false;
 
-// libbpf-tools bits.bpf.h
-static __always_inline __u64 log2_u32(__u32 v)
-{
-	__u32 shift, r;
-
-	r = (v > 0xFFFF) << 4;
-	v >>= r;
-	shift = (v > 0xFF) << 3;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0xF) << 2;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0x3) << 1;
-	v >>= shift;
-	r |= shift;
-	r |= (v >> 1);
-	return r;
-}
-
+// libbpf-tools bits.bpf.h (its log2_u32 is bucket.h's)
 static __always_inline __u64 log2l(__u64 v)
 {
 	__u32 hi = v >> 32;
@@ -197,20 +180,12 @@ int BPF_PROG(bench_reference, struct sock *sk)
 #define V_NO_TABLE (1 << 6)     // bucket from the octave alone, no table read
 
 #define ROW_BUCKETS 2
-#define BUCKET_TABLE_SIZE 512
 #define V_CACHE_ENTRIES 1024 // per CPU, as tcprtt's CACHE_ENTRIES
 
-struct bucket_entry {
-	__u32 base;
-	__u32 threshold;
-};
-
 const volatile __u32 cfg_variant = 0;
-const volatile __u32 cfg_scale = 3;
 const volatile __u32 cfg_stride = 0; // words per row
 const volatile __u32 cfg_sum_stride = 0; // sums per CPU
 const volatile __u32 cfg_cache_entries = V_CACHE_ENTRIES;
-const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
 
 struct sock_common___v {
 	union {
@@ -277,18 +252,6 @@ struct {
 } variant_epoch SEC(".maps");
 
 #define V(flag) (cfg_variant & (flag))
-
-static __always_inline __u32 bucket_position(__u32 raw)
-{
-	__u32 k = log2_u32(raw);
-	__u32 norm = raw << (31 - k);
-	__u32 t = (norm >> 22) & (BUCKET_TABLE_SIZE - 1);
-	__u32 pos = (k << cfg_scale) + cfg_buckets[t].base;
-
-	if (norm > cfg_buckets[t].threshold)
-		pos++;
-	return pos;
-}
 
 // variant_slot finds the series of a socket by its remote address, giving
 // it the next slot on first sight.

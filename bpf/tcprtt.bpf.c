@@ -88,8 +88,6 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define STAT_ERRORS 1
 #define STAT_MAX 2
 
-#define BUCKET_TABLE_SIZE 512
-
 // Entries of the socket cache per CPU (a power of two). A compile-time
 // constant, not configuration: the entry's address is then known from the
 // socket's hash alone, and its load starts at once instead of waiting for
@@ -98,18 +96,12 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 // other (make bench-variants: about 0.4x the empty program for this wait).
 #define CACHE_ENTRIES 1024
 
-struct bucket_entry {
-	__u32 base;
-	__u32 threshold;
-};
-
 // Set by the loader before load (read-only afterwards, so the verifier
 // treats them as constants). The scalars come first, in one cache line:
 // the table is read at one line per sample's octave slot.
 const volatile __u32 cfg_group_by = GROUP_REMOTE_ADDR;
 const volatile __u32 cfg_filters = 0;
 const volatile __u32 cfg_family = 0; // 4 or 6: only that family; 0: both
-const volatile __u32 cfg_scale = 3;
 const volatile __u32 cfg_stride = 0;
 const volatile __u32 cfg_max_series = 0;
 const volatile __u32 cfg_cache_entries = 0; // the loader's CACHE_ENTRIES, checked (kmaps.CacheEntriesPerCPU)
@@ -117,7 +109,8 @@ const volatile bool cfg_one_cache_entry = false; // tests: all sockets of a CPU 
 const volatile __u32 cfg_sum_stride = 0; // cpu_sums words per CPU (rows, rounded up to a cache line)
 const volatile bool cfg_rdonly_cast = true; // direct socket reads where bpf_rdonly_cast exists
 const volatile bool cfg_entry_counts = false;
-const volatile struct bucket_entry cfg_buckets[BUCKET_TABLE_SIZE] = {};
+
+#include "bucket.h" // cfg_scale and the table, after the other scalars
 
 struct series_key {
 	__u8 local_addr[16];  // IPv4 as ::ffff:a.b.c.d
@@ -231,41 +224,6 @@ static __always_inline void count_stat(__u32 which)
 	__u64 *v = bpf_map_lookup_elem(&stats, &which);
 	if (v)
 		*v += 1; // per-CPU: no atomic needed
-}
-
-static __always_inline __u32 log2_u32(__u32 v)
-{
-	__u32 r, shift;
-
-	r = (v > 0xFFFF) << 4;
-	v >>= r;
-	shift = (v > 0xFF) << 3;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0xF) << 2;
-	v >>= shift;
-	r |= shift;
-	shift = (v > 0x3) << 1;
-	v >>= shift;
-	r |= shift;
-	r |= (v >> 1);
-	return r;
-}
-
-// bucket_position returns the bucket of raw (> 0) relative to the bucket
-// of raw == 1. Doubling raw moves it exactly 2^scale buckets up, so the
-// octave gives the coarse position and one table read plus one compare on
-// the normalised mantissa gives the exact bucket (see internal/bucket).
-static __always_inline __u32 bucket_position(__u32 raw)
-{
-	__u32 k = log2_u32(raw);
-	__u32 norm = raw << (31 - k);
-	__u32 t = (norm >> 22) & (BUCKET_TABLE_SIZE - 1);
-	__u32 pos = (k << cfg_scale) + cfg_buckets[t].base;
-
-	if (norm > cfg_buckets[t].threshold)
-		pos++;
-	return pos;
 }
 
 static __always_inline __u64 *row_word(__u32 slot, __u32 word)
