@@ -59,12 +59,6 @@ type Options struct {
 	Cgroups CgroupResolver
 }
 
-// seriesID identifies one cumulative run of counts: the row (slot) and
-// its generation; a recycled row starts a new run with a new generation.
-type seriesID struct {
-	slot, generation uint32
-}
-
 // state is what the converter remembers of a series between calls.
 type state struct {
 	key   kmaps.Key
@@ -86,7 +80,7 @@ type state struct {
 type Converter struct {
 	opts     Options
 	divisor  float64
-	series   map[seriesID]*state
+	series   map[kmaps.RowID]*state
 	lastTime time.Time
 	round    uint64
 	delta    kmaps.Series // scratch
@@ -111,7 +105,7 @@ func New(opts Options) (*Converter, error) {
 	return &Converter{
 		opts:     opts,
 		divisor:  float64(opts.Table.Divisor),
-		series:   map[seriesID]*state{},
+		series:   map[kmaps.RowID]*state{},
 		lastTime: opts.Start,
 	}, nil
 }
@@ -136,7 +130,7 @@ func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
 	c.round++
 	c.appendMetric(snap.Series, now, ms)
-	c.endRound(now)
+	c.endRound(snap, now)
 }
 
 // appendMetric appends the tcp.rtt metric of series to ms, within the
@@ -160,7 +154,7 @@ func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetri
 
 	for i := range series {
 		s := &series[i]
-		id := seriesID{slot: s.Slot, generation: s.Generation}
+		id := kmaps.RowID{Slot: s.Slot, Generation: s.Generation}
 		st, ok := c.series[id]
 		if !ok || st.key != s.Key {
 			st = c.newState(s, last)
@@ -189,8 +183,15 @@ func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetri
 	}
 }
 
-// endRound forgets the series not seen in the round that ends at now.
-func (c *Converter) endRound(now time.Time) {
+// endRound forgets the series not seen in the round that ends at now,
+// but for those snap says are pending: their final point is still to
+// come, and continues their stream.
+func (c *Converter) endRound(snap *kmaps.Snapshot, now time.Time) {
+	for _, id := range snap.Pending {
+		if st, ok := c.series[id]; ok {
+			st.seen = c.round
+		}
+	}
 	for id, st := range c.series {
 		if st.seen != c.round {
 			delete(c.series, id)

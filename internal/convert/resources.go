@@ -78,7 +78,7 @@ func (c *Converter) AppendResources(snap *kmaps.Snapshot, now time.Time, rms pme
 		c.appendMetric(c.group, now, sm.Metrics())
 		start = end
 	}
-	c.endRound(now)
+	c.endRound(snap, now)
 	if c.opts.Cgroups != nil {
 		c.opts.Cgroups.EndRound()
 	}

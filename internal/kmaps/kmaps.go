@@ -298,10 +298,19 @@ func (s *Series) Bucket(pos int) uint64 {
 	return 0
 }
 
+// RowID identifies one cumulative run of counts: a row (slot) and its
+// generation; a recycled row starts a new run with a new generation.
+type RowID struct {
+	Slot, Generation uint32
+}
+
 // Snapshot is one read of the kernel maps.
 type Snapshot struct {
 	Series []Series
-	Stats  Stats
+	// Pending are series retired at an earlier read whose rows wait for
+	// their last samples: no point now, a final point at a later read.
+	Pending []RowID
+	Stats   Stats
 }
 
 // DecodeRow fills s from a row of the counts array (all but Sum, which

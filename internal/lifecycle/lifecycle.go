@@ -96,6 +96,7 @@ type Machine struct {
 	retired  []retiredRow
 
 	expired          uint64 // samples of freed rows, so totals stay monotonic
+	pending          uint64 // samples of rows retired at earlier reads, not yet freed
 	lastOverflow     uint64 // overflow total at the previous read
 	overflowGrew     bool   // since overflowed sockets were last sent looking
 	pendingReresolve bool   // a release happened; overflow sockets not yet told
@@ -110,13 +111,31 @@ func New(rows Rows, maxSeries uint32, idleTimeout time.Duration) *Machine {
 	return &Machine{rows: rows, idleTimeout: idleTimeout, activity: make([]activity, maxSeries)}
 }
 
-// Expired is the number of samples of rows freed so far (those whose
-// late samples were folded into a live row excepted), so that the sum of
-// every series read plus Expired only grows.
-func (m *Machine) Expired() uint64 { return m.expired }
+// Expired is the number of samples of rows retired at earlier reads: of
+// those freed (their final counts; late samples folded into a live row
+// excepted) and of those still waiting (their counts when retired), so
+// that the sum of every live series read plus Expired only grows, even
+// while a retired row waits reads for its holders.
+func (m *Machine) Expired() uint64 { return m.expired + m.pending }
 
 // Retiring is the number of rows retired and not yet released.
 func (m *Machine) Retiring() int { return len(m.retired) }
+
+// IsRetiring reports whether slot's row is retired and not yet released:
+// if its key is still in the index (taking it out failed), the reader
+// leaves it out, since the lifecycle reports its final point.
+func (m *Machine) IsRetiring(slot uint32) bool { return m.activity[slot].retiring }
+
+// AppendPending appends the rows retired and not yet released, with the
+// generation of the series they held: a converter keeps the state of
+// those series, so that a final point that comes reads later continues
+// their stream (same start time, deltas from their last point).
+func (m *Machine) AppendPending(dst []kmaps.RowID) []kmaps.RowID {
+	for i := range m.retired {
+		dst = append(dst, kmaps.RowID{Slot: m.retired[i].slot, Generation: m.retired[i].generation})
+	}
+	return dst
+}
 
 // FreeRetired finishes freeing the rows retired at earlier reads. It runs
 // at the start of a read, after the index was read: liveSlot gives the
@@ -141,6 +160,10 @@ func (m *Machine) FreeRetired(liveSlot func(kmaps.Key) (uint32, bool), emit func
 	}
 	clear(m.retired[len(kept):])
 	m.retired = kept
+	m.pending = 0
+	for i := range kept {
+		m.pending += kept[i].atRetire.Total
+	}
 	if err != nil {
 		return err
 	}

@@ -51,9 +51,9 @@ func TestCacheEntryDrainsExactly(t *testing.T) {
 		t.Fatalf("series %+v, want one of %d samples", held, want())
 	}
 	slot := held[0].Slot
-	if len(tr.cs.holders[slot]) == 0 || rowOnlyTotal(tr, slot) >= held[0].Total {
+	if len(tr.holders(slot)) == 0 || rowOnlyTotal(tr, slot) >= held[0].Total {
 		t.Fatalf("the samples are not in the socket's cache entry (holders %v, row %d of %d)",
-			tr.cs.holders[slot], rowOnlyTotal(tr, slot), held[0].Total)
+			tr.holders(slot), rowOnlyTotal(tr, slot), held[0].Total)
 	}
 
 	// Idle for a read: marked; at the next read, drained into the row.
@@ -63,7 +63,7 @@ func TestCacheEntryDrainsExactly(t *testing.T) {
 			t.Fatalf("read %d (%s): %+v, want %d samples of sum %d", i, stage, got, held[0].Total, held[0].Sum)
 		}
 	}
-	if n := len(tr.cs.holders[slot]); n != 0 || rowOnlyTotal(tr, slot) != held[0].Total {
+	if n := len(tr.holders(slot)); n != 0 || rowOnlyTotal(tr, slot) != held[0].Total {
 		t.Fatalf("after draining: %d holders, row %d of %d samples", n, rowOnlyTotal(tr, slot), held[0].Total)
 	}
 
@@ -73,7 +73,7 @@ func TestCacheEntryDrainsExactly(t *testing.T) {
 	if len(again) != 1 || again[0].Total != want() || again[0].Slot != slot {
 		t.Fatalf("after 7 more round trips: %+v, want %d samples in slot %d", again, want(), slot)
 	}
-	if len(tr.cs.holders[slot]) == 0 {
+	if len(tr.holders(slot)) == 0 {
 		t.Errorf("the socket did not take its entry again")
 	}
 }
@@ -201,7 +201,7 @@ func TestWindowFollowsTheRTT(t *testing.T) {
 	if far == 0 {
 		t.Fatalf("no sample an octave above the fast ones (top bucket %d): %+v", top, s)
 	}
-	holders := tr.cs.holders[s.Slot]
+	holders := tr.holders(s.Slot)
 	if len(holders) != 1 {
 		t.Fatalf("%d cache entries hold the socket's row, want the one of CPU %d", len(holders), cpu)
 	}

@@ -15,7 +15,7 @@ import (
 
 	"github.com/tcprtt/tcprtt/bpf"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
-	"github.com/tcprtt/tcprtt/internal/lifecycle"
+	"github.com/tcprtt/tcprtt/internal/reader"
 )
 
 // Program names per mode, from the bpf2go output.
@@ -61,22 +61,11 @@ type Tracer struct {
 	counts []byte // the counts array, mmapped
 	sums   []byte // cpu_sums, mmapped: per CPU, one u64 per slot
 	cache  []byte // sk_cache, mmapped
-	cs     cacheState
 
 	entryCounts bool // the program counts in its cache entries (else in the rows only)
-
-	// Reused across reads.
-	keys      []kmaps.Key
-	refs      []kmaps.Ref
-	batchKeys []kmaps.Key // one batch of index lookups
-	batchRefs []kmaps.Ref
-
-	scratch  []uint64 // one row
-	ncpu     int
-	now      func() time.Time
-	machine  *lifecycle.Machine
-	sumCarry []uint64             // by slot: sums moved in from retired rows (lifecycle AddToRow)
-	live     map[kmaps.Key]uint32 // this Read's index, built when a retired row needs it
+	ncpu        int
+	now         func() time.Time // the reader's clock (tests move it)
+	reader      *reader.Reader
 }
 
 // Open loads and attaches the program for spec. In ModeAuto it tries the
@@ -151,12 +140,8 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 		ncpu:   PossibleCPUs(),
 
 		entryCounts: entryCounts,
-
-		scratch:  make([]uint64, spec.Layout().Stride()),
-		now:      time.Now,
-		sumCarry: make([]uint64, spec.Layout().Rows()),
+		now:         time.Now,
 	}
-	t.machine = lifecycle.New(kernelRows{t}, spec.MaxSeries, spec.IdleTimeout)
 	defer func() {
 		if err != nil {
 			t.Close()
@@ -173,7 +158,10 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 			return nil, fmt.Errorf("%s: %w", m.name, err)
 		}
 	}
-	t.initCache()
+	t.reader = reader.New(reader.Config{
+		Layout: t.layout, IdleTimeout: spec.IdleTimeout, EntryCounts: entryCounts,
+		Now: func() time.Time { return t.now() },
+	}, reader.Memory{Counts: t.counts, Sums: t.sums, Cache: t.cache, CPUs: t.ncpu}, &kernelMaps{t: t})
 	t.attachedAt = time.Now()
 	t.link, err = attach(mode, t.prog)
 	if errors.Is(err, ebpf.ErrNotSupported) {
