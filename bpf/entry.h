@@ -50,11 +50,15 @@ static __always_inline void rebase(struct cache_entry *e, __u32 slot, __u32 word
 		w = row_word(slot, base + i);
 		if (w)
 			__sync_fetch_and_add(w, c);
+		else
+			count_stats(STAT_ERRORS, c); // never: a window lies in its row
 		e->counts[i] = 0;
 	}
 	w = bpf_map_lookup_elem(&cpu_sums, &sum_word);
 	if (w)
 		*w += e->sum; // this CPU's line: no atomic needed
+	else if (e->sum)
+		count_stat(STAT_ERRORS); // never: the sums cover every CPU and row
 	e->sum = 0;
 	e->base = window_base(word);
 	e->misses = 0;
@@ -68,15 +72,26 @@ static __always_inline void count_held(struct cache_entry *e, __u32 slot, __u32 
 {
 	__u32 word = row_word_of(raw), i = word - e->base;
 
-	if (!cfg_entry_counts)
-		i = ENTRY_COUNTS; // the row only
+	if (!cfg_entry_counts) {
+		// The row only; the sum in the entry, so that user space sees
+		// the entry in use (it moves the sum to the row when it frees it).
+		__u64 *bucket = row_word(slot, word);
+
+		if (!bucket) {
+			count_stat(STAT_ERRORS);
+			return;
+		}
+		__sync_fetch_and_add(bucket, 1);
+		e->sum += raw; // this CPU's line: no atomic needed
+		return;
+	}
 	if (i < ENTRY_COUNTS && e->counts[i] != 0xffffffff) {
 		e->counts[i] += 1; // this CPU's line: no atomic needed
 		e->sum += raw;
 		e->misses = 0;
 		return;
 	}
-	if (cfg_entry_counts && i >= ENTRY_COUNTS && ++e->misses >= REBASE_AFTER) {
+	if (i >= ENTRY_COUNTS && ++e->misses >= REBASE_AFTER) {
 		rebase(e, slot, word, cpu);
 		i = word - e->base;
 		if (i < ENTRY_COUNTS) {
@@ -91,7 +106,13 @@ static __always_inline void count_held(struct cache_entry *e, __u32 slot, __u32 
 
 // take writes entry for the socket sk (identity id, tuple t) with slot,
 // counting the sample of raw in it when slot is a row. The slot is
-// written last: until then user space sees the entry free.
+// published last: until then user space sees the entry free, and once it
+// sees the slot it sees the rest. The compiler keeps the stores in order
+// across the barrier, x86 keeps stores in order, and where the entry
+// counts (fetching atomics: full barriers on every architecture) a
+// fetching add orders them for weakly ordered CPUs too. Without entry
+// counts there is nothing to order: user space drained the counts and sum
+// of a free entry to zero, the values take writes.
 static __always_inline void take(struct cache_entry *e, const struct sock_id *id, const struct series_key *t,
 				 __u64 cgroup_word, __u32 slot, __u32 raw, __u32 cpu)
 {
@@ -110,6 +131,9 @@ static __always_inline void take(struct cache_entry *e, const struct sock_id *id
 	e->misses = 0;
 	__builtin_memset(e->counts, 0, sizeof(e->counts));
 	e->sum = 0;
+	if (cfg_entry_counts)
+		e->seq_prev = __sync_fetch_and_add(&e->seq, 2); // a full barrier; seq stays even (LLVM drops an add of 0)
+	barrier();
 	e->slot = slot;
 	if (slot < SLOT_DRAIN)
 		count_held(e, slot, raw, cpu);

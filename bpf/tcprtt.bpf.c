@@ -219,11 +219,16 @@ struct {
 	__type(value, __u8);
 } addr_filter SEC(".maps");
 
-static __always_inline void count_stat(__u32 which)
+static __always_inline void count_stats(__u32 which, __u64 n)
 {
 	__u64 *v = bpf_map_lookup_elem(&stats, &which);
 	if (v)
-		*v += 1; // per-CPU: no atomic needed
+		*v += n; // per-CPU: no atomic needed
+}
+
+static __always_inline void count_stat(__u32 which)
+{
+	count_stats(which, 1);
 }
 
 static __always_inline __u64 *row_word(__u32 slot, __u32 word)
