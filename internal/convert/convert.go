@@ -166,8 +166,12 @@ func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetri
 			continue
 		}
 		p := &st.prev
-		if s.Total == p.Total {
-			continue // no new samples
+		// No new samples. A sum that moved alone still goes out: the sum
+		// is read after the counts, so it may hold a sample whose count
+		// comes at the next read, and the deltas must add up to the
+		// cumulative sum at every read.
+		if s.Total == p.Total && s.Sum == p.Sum {
+			continue
 		}
 		s.Since(p, &c.delta)
 		c.appendPoint(dps, st, &c.delta, last, ts)
