@@ -50,10 +50,11 @@ func (r *Reader) scanCache() {
 		if v&kmaps.CacheSlotDrain != 0 {
 			if cs.markedAt[e] == 0 {
 				cs.markedAt[e] = cs.seq // marked by nobody we know of: wait a read
-			} else if cs.markedAt[e] < cs.seq {
+			} else if cs.markedAt[e] < cs.seq && atomic.LoadUint32(r.mem.entrySeq(e))&1 == 0 {
 				r.drain(e, slot)
 				continue
-			}
+			} // else a run preempted while moving the window still writes it: a later read
+
 		}
 		cs.holders[slot] = append(cs.holders[slot], uint32(e))
 	}
