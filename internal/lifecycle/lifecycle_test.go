@@ -419,3 +419,34 @@ func TestReturningSeriesIsTrackedAfresh(t *testing.T) {
 	require.NoError(t, r.read(600*time.Millisecond))
 	assert.Contains(t, r.f.index, key(2), "idle for 0.6 s of its own, not since the old series")
 }
+
+// TestRetiredRowsCountWhileTheyWait: a row retired at an earlier read and
+// still waiting for its holders is in Expired with its counts at
+// retirement, and listed as pending with the generation of its series,
+// so samples recorded never go down while it waits and its converter
+// state is kept. (It used to vanish for the reads it waited: its total
+// left the recorded samples, and its final point came as a new series.)
+func TestRetiredRowsCountWhileTheyWait(t *testing.T) {
+	r := newReader(t, 4, time.Second)
+	r.f.index[key(1)] = 0
+	r.f.count(0, 3, 80, 5)
+	require.NoError(t, r.read(0))
+	require.NoError(t, r.read(2*time.Second)) // retired at this read: still among the live ones
+	assert.Zero(t, r.m.Expired())
+	assert.True(t, r.m.IsRetiring(0))
+
+	r.f.held[0] = 2 // two more reads find it held
+	for i := range 2 {
+		require.NoError(t, r.read(time.Second))
+		assert.Empty(t, r.last, "read %d: not live", i)
+		assert.Equal(t, uint64(5), r.m.Expired(), "read %d: its samples still counted", i)
+		assert.Equal(t, []kmaps.RowID{{Slot: 0, Generation: 0}}, r.m.AppendPending(nil), "read %d", i)
+	}
+	r.f.count(0, 3, 80, 1) // a late sample
+	require.NoError(t, r.read(time.Second))
+	require.Len(t, r.out, 1)
+	assert.Equal(t, uint64(6), r.out[0].Total)
+	assert.Equal(t, uint64(6), r.m.Expired())
+	assert.Empty(t, r.m.AppendPending(nil))
+	assert.False(t, r.m.IsRetiring(0))
+}

@@ -23,10 +23,11 @@ import (
 // delta), over the model program's memory, with runs of the program
 // interleaved between reads and at every step inside them (see Point).
 // A schedule is one seed; `go test -run TestSchedules -seed=N` replays
-// one, -schedules=N runs more.
+// one, -schedules=N runs more (1000 by default, a tenth with -short or
+// -race; make test-schedules runs 20000).
 
 var (
-	flagSchedules = flag.Int("schedules", 1500, "schedules TestSchedules runs")
+	flagSchedules = flag.Int("schedules", 1000, "schedules TestSchedules runs")
 	flagSeed      = flag.Uint64("seed", 0, "run only the schedule of this seed (0: seeds 1..schedules)")
 )
 
@@ -38,8 +39,8 @@ func TestSchedules(t *testing.T) {
 		return
 	}
 	n := *flagSchedules
-	if testing.Short() {
-		n /= 10
+	if testing.Short() || raceEnabled {
+		n /= 10 // make test (-race) and the -count=20 runs (-short)
 	}
 	for seed := uint64(1); seed <= uint64(n); seed++ {
 		if !runSchedule(t, seed) {
