@@ -3,8 +3,10 @@
 #   make otelcol        build build/otelcol-tcprtt/otelcol-tcprtt with ocb from builder-config.yaml
 #   sudo make run       build it and run it with testdata/otelcol-debug.yaml (needs root for BPF)
 #   make run SUDO=sudo  same, but build as you and only run the collector with sudo
-#   make test           gofmt and go vet checks, then go test -race on every package (kernel and
-#                       e2e tests need root; TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
+#   make test           gofmt and go vet checks, go test -race on every package but the end-to-end
+#                       one, the pure-Go packages 20 times shuffled (kernel tests need root;
+#                       TCPRTT_REQUIRE_BPF=1 makes them fail instead of skip)
+#   make test-schedules 20000 schedules of the read-path harness (SCHEDULES=N)
 #   make generate       regenerate the eBPF object with bpf2go (clang, llvm, libbpf headers)
 #   make bench          per-event cost (tcprtt side by side with an empty and a reference-style
 #                       program), throughput, kernel memory and scrape benchmarks (as root);
@@ -61,7 +63,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-kernels generate bench bench-variants lint
+.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-schedules test-kernels generate bench bench-variants lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -70,15 +72,27 @@ otelcol: $(OCB)
 run: otelcol
 	$(SUDO) $(OTELCOL) --config $(RUN_CONFIG)
 
-# The e2e package needs the collector and Prometheus: build both first.
-test: otelcol prometheus
+# Packages whose tests need no kernel: make test also runs them 20 times in
+# a shuffled order (-short: a tenth of the read-path schedules), so that a
+# test that passes by luck of an order fails here.
+PURE_PKGS ?= ./internal/bucket/ ./internal/kmaps/ ./internal/lifecycle/ ./internal/convert/ ./internal/reader/
+
+# Every package but the end-to-end one, which make e2e runs (once per CI run).
+test:
 	@unformatted=$$(find . -name '*.go' -not -path './build/*' -not -path './.git/*' | xargs gofmt -l); \
 		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) $(GO) test -race -count=1 ./...
+	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /internal/e2e)
+	$(GO) test -short -count=20 -shuffle=on $(PURE_PKGS)
 	# The sweep of every uint32 value through the bucket tables is excluded
 	# under -race (minutes there, ~20 s without).
 	$(GO) test -count=1 -run TestExhaustive ./internal/bucket/
+
+# More schedules of the read-path harness (internal/reader): a seed that
+# fails replays with go test ./internal/reader -run TestSchedules -seed=N.
+SCHEDULES ?= 20000
+test-schedules:
+	$(GO) test -count=1 -run TestSchedules -schedules=$(SCHEDULES) ./internal/reader/
 
 # Boots each kernel of tools/kernels/matrix under qemu (TCG) and runs the
 # loader's, the receiver's and the command's kernel tests inside; one result

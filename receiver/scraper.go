@@ -19,6 +19,7 @@ import (
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/internal/reader"
 	"github.com/tcprtt/tcprtt/receiver/internal/metadata"
 )
 
@@ -126,8 +127,13 @@ func (s *rttScraper) startTelemetry() error {
 
 func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	begin := time.Now()
-	if err := s.tracer.Read(&s.snap, &s.rows); err != nil {
-		return pmetric.NewMetrics(), fmt.Errorf("tcprtt: %w", err)
+	if err := s.tracer.ReadContext(ctx, &s.snap, &s.rows); err != nil {
+		var lifecycle *reader.LifecycleError
+		if !errors.As(err, &lifecycle) {
+			return pmetric.NewMetrics(), fmt.Errorf("tcprtt: %w", err)
+		}
+		// The snapshot is complete: export it; the step is retried.
+		s.settings.Logger.Warn("tcprtt: a step of the series lifecycle failed; it is retried at the next collection", zap.Error(err))
 	}
 	now := time.Now()
 	md := pmetric.NewMetrics()

@@ -21,6 +21,7 @@ import (
 	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/internal/reader"
 )
 
 func main() {
@@ -180,7 +181,11 @@ type printer struct {
 
 func (p *printer) print() error {
 	if err := p.tracer.Read(&p.snap, &p.rows); err != nil {
-		return err
+		var lifecycle *reader.LifecycleError
+		if !errors.As(err, &lifecycle) {
+			return err
+		}
+		fmt.Fprintf(os.Stderr, "tcprtt: %v (retried at the next interval)\n", err) // the snapshot is complete
 	}
 	stamp := ""
 	if p.timestamp {

@@ -3,6 +3,7 @@
 package loader
 
 import (
+	"context"
 	"errors"
 	"runtime"
 	"time"
@@ -25,7 +26,10 @@ func (*Tracer) Attempts() []Attempt                   { return nil }
 func (*Tracer) AttachedAt() time.Time                 { return time.Time{} }
 func (*Tracer) Layout() kmaps.Layout                  { return kmaps.Layout{} }
 func (*Tracer) Read(*kmaps.Snapshot, *[]uint64) error { return ErrNotLinux }
-func (*Tracer) Close() error                          { return nil }
+func (*Tracer) ReadContext(context.Context, *kmaps.Snapshot, *[]uint64) error {
+	return ErrNotLinux
+}
+func (*Tracer) Close() error { return nil }
 
 // PossibleCPUs is the number of CPUs per-CPU maps would be sized for.
 func PossibleCPUs() int { return runtime.NumCPU() }
