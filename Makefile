@@ -92,7 +92,7 @@ test:
 # fails replays with go test ./internal/reader -run TestSchedules -seed=N.
 SCHEDULES ?= 20000
 test-schedules:
-	$(GO) test -count=1 -run TestSchedules -schedules=$(SCHEDULES) ./internal/reader/
+	$(GO) test -count=1 -run TestSchedules ./internal/reader/ -schedules=$(SCHEDULES)
 
 # Boots each kernel of tools/kernels/matrix under qemu (TCG) and runs the
 # loader's, the receiver's and the command's kernel tests inside; one result
