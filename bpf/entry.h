@@ -73,25 +73,17 @@ static __always_inline void count_held(struct cache_entry *e, __u32 slot, __u32 
 	__u32 word = row_word_of(raw), i = word - e->base;
 
 	if (!cfg_entry_counts) {
-		// The row only; the sum in the entry, so that user space sees
-		// the entry in use (it moves the sum to the row when it frees it).
-		__u64 *bucket = row_word(slot, word);
-
-		if (!bucket) {
-			count_stat(STAT_ERRORS);
-			return;
-		}
-		__sync_fetch_and_add(bucket, 1);
-		e->sum += raw; // this CPU's line: no atomic needed
-		return;
-	}
-	if (i < ENTRY_COUNTS && e->counts[i] != 0xffffffff) {
+		// The row only. misses counts the samples instead (wrapping),
+		// so that user space sees the entry in use.
+		e->misses += 1;
+		i = ENTRY_COUNTS;
+	} else if (i < ENTRY_COUNTS && e->counts[i] != 0xffffffff) {
 		e->counts[i] += 1; // this CPU's line: no atomic needed
 		e->sum += raw;
 		e->misses = 0;
 		return;
 	}
-	if (i >= ENTRY_COUNTS && ++e->misses >= REBASE_AFTER) {
+	if (cfg_entry_counts && i >= ENTRY_COUNTS && ++e->misses >= REBASE_AFTER) {
 		rebase(e, slot, word, cpu);
 		i = word - e->base;
 		if (i < ENTRY_COUNTS) {

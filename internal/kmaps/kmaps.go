@@ -143,13 +143,14 @@ const CacheEntriesPerCPU = 1024
 // base. User space reads the first cache line; it writes the slot of an
 // entry it marks to drain and, one read later, frees the entry.
 const (
-	CacheEntryBytes  = 128
-	CacheSlotOffset  = 16  // u32
-	CacheBaseOffset  = 20  // u32: the row word of counts[0]
-	CacheSumOffset   = 24  // u64
-	CacheCountOffset = 32  // CacheWindow × u32
-	CacheSeqOffset   = 104 // u32: odd while the program moves the counts to the row
-	CacheWindow      = 8
+	CacheEntryBytes   = 128
+	CacheFamilyOffset = 12  // u16 family, then u16 misses: samples outside the window (rows only: every sample, wrapping)
+	CacheSlotOffset   = 16  // u32
+	CacheBaseOffset   = 20  // u32: the row word of counts[0]
+	CacheSumOffset    = 24  // u64
+	CacheCountOffset  = 32  // CacheWindow × u32
+	CacheSeqOffset    = 104 // u32: odd while the program moves the counts to the row
+	CacheWindow       = 8
 )
 
 // Slot values of a cache entry: below CacheSlotDrain a row;

@@ -84,7 +84,8 @@ func TestReadEndsWhileAnEntryMoves(t *testing.T) {
 
 // TestRowOnlyEntriesStayWhileActive: where the program counts in the rows
 // only, a cache entry still caches its socket's row, and stays held while
-// the socket is active: its sum grows, so user space does not see it idle.
+// the socket is active: its misses word counts the samples, so user space
+// does not see it idle.
 // (User space used to see every such entry idle, its sum and counts being
 // always 0, and mark it at every read: the socket then resolved its series
 // through the index on every segment until the entry was freed.)

@@ -176,14 +176,14 @@ func (r *Reader) mark(e int, slot uint32) bool {
 // markIdle ends a read: holders that counted nothing since the previous
 // read are marked to drain, so that entries of closed sockets come back
 // (and a socket whose RTT left its window takes a new one). Where the
-// program counts in the rows only, an entry's sum still grows with its
-// socket's samples, so idleness is seen the same way.
+// program counts in the rows only, the entry's misses word counts its
+// socket's samples instead, so idleness is seen the same way.
 func (r *Reader) markIdle() {
 	for slot, es := range r.cs.holders {
 		for _, e := range es {
 			var er entryReading
 			r.readEntry(int(e), &er)
-			check := er.sum
+			check := er.sum + uint64(atomic.LoadUint32(r.mem.entryActivity(int(e))))
 			for _, c := range er.counts {
 				check += uint64(c)
 			}

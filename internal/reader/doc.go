@@ -94,7 +94,7 @@
 //     that moved without its count goes out too). TestSchedules; kernel:
 //     TestDeltasAddUpToCumulative.
 //   - I10 An active entry is never seen idle, also where the program
-//     counts in the rows only (its sum still grows in the entry).
+//     counts in the rows only (its misses word counts the samples then).
 //     TestRowOnlyEntriesStayWhileActive.
 //   - I11 Every run of the hook ends in one place: a count, the filtered
 //     or errors counter, or a missed run. Kernel: TestAccountingIdentity,

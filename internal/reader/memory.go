@@ -57,3 +57,7 @@ func (m *Memory) rowSum(l kmaps.Layout, slot uint32) uint64 {
 	}
 	return sum
 }
+
+// entryActivity is the entry's family and misses words as one u32: where
+// the program counts in the rows only, misses counts its samples.
+func (m *Memory) entryActivity(e int) *uint32 { return m.u32(e, kmaps.CacheFamilyOffset) }

@@ -229,8 +229,8 @@ func (p *program) countHeld(e int, s *socket, slot, raw uint32, yield func(struc
 	m := &p.mem
 	word := p.rowWordOf(raw)
 	if !p.entryCounts {
-		atomic.AddUint64(m.word(p.layout, slot, word), 1)
-		atomic.AddUint64(m.entrySum(e), uint64(raw))
+		*p.u16(e, entryMissesOffset)++ // counts the samples: user space sees the entry in use
+		p.countInRow(slot, raw, s.cpu)
 		p.credit(s.key, slot, raw)
 		return
 	}

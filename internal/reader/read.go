@@ -31,7 +31,7 @@ type Config struct {
 	IdleTimeout time.Duration // series without new samples that long are expired; 0 never
 	// EntryCounts is true when the program counts samples in its cache
 	// entries; false when it counts them in the rows only (its entries
-	// then cache the row and keep the sum).
+	// then cache the row and count its samples in their misses word).
 	EntryCounts bool
 	Now         func() time.Time // time.Now if nil
 }
