@@ -65,7 +65,7 @@
 //   - I1 A count is in one place at a time, an entry's window or its row:
 //     a read never counts a sample twice and, once quiet, counts every
 //     one. TestSchedules (exact per key, bucket and sum after quiescing);
-//     kernel: TestCacheEntryDrainsExactly, the oracle tests.
+//     kernel: TestCacheEntryDrainsExactly, internal/oracle (every test).
 //   - I2 A row's reading is exact when no holder's seq changed across it;
 //     otherwise it is tried again (at most 4 times, fewer once the read's
 //     context is done), then kept as a lower bound raised bucket by bucket
@@ -79,8 +79,8 @@
 //     and only with seq even. TestSchedules, TestReadEndsWhileAMoveIsPreempted.
 //   - I5 The lifecycle sees a series' counts and sum from one reading, so
 //     late samples of a retired row carry only their own sum.
-//     TestSchedules; kernel: TestRetiredRowLateSamplesJoinNewRow, the
-//     oracle tests.
+//     TestSchedules; kernel: TestRetiredRowLateSamplesJoinNewRow,
+//     oracle.TestIdleExpiryLateSamples.
 //   - I6 A retired series' stream continues until its final point: rows
 //     waiting for holders are pending (the converter keeps their state),
 //     and a row still indexed because taking its key out failed is left
@@ -98,5 +98,6 @@
 //     TestRowOnlyEntriesStayWhileActive.
 //   - I11 Every run of the hook ends in one place: a count, the filtered
 //     or errors counter, or a missed run. Kernel: TestAccountingIdentity,
-//     the oracle tests.
+//     internal/oracle (every count, bucket and sum equal to a plain
+//     program's on the same hook).
 package reader
