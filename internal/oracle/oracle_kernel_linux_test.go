@@ -57,12 +57,17 @@ func dialMany(t *testing.T, net byte, servers, clients int) []*tcptest.Conn {
 // run scrapes every interval for d while traffic runs, then stops it and
 // quiesces.
 func (r *rig) run(tf *traffic, d, interval time.Duration) {
+	r.drive(d, interval)
+	tf.end(r.t)
+	r.quiesce()
+}
+
+// drive scrapes every interval for d.
+func (r *rig) drive(d, interval time.Duration) {
 	for end := time.Now().Add(d); time.Now().Before(end); {
 		r.scrape()
 		time.Sleep(interval)
 	}
-	tf.end(r.t)
-	r.quiesce()
 }
 
 // TestManySocketsPerSeries: a few series, each with many sockets whose
@@ -78,12 +83,38 @@ func TestManySocketsPerSeries(t *testing.T) {
 					sp.OneCacheEntry = one
 					r := newRig(t, sp, temp)
 					conns := dialMany(t, net, 4, 8)
-					r.run(startTraffic(t, conns, nil), 1200*time.Millisecond, 25*time.Millisecond)
+					r.run(startTraffic(t, conns, len(conns), nil), 1200*time.Millisecond, 25*time.Millisecond)
 					r.compare()
 				})
 			}
 		}
 	}
+}
+
+// TestFlavours: the comparison on every flavour this kernel attaches
+// (the other tests use the one the receiver's auto mode picks), with the
+// socket read both ways (bpf_rdonly_cast where it exists, and helpers).
+func TestFlavours(t *testing.T) {
+	attached := 0
+	for _, mode := range loader.AutoOrder {
+		for _, helpers := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/helper_reads=%v", mode, helpers), func(t *testing.T) {
+				net := nextSubnet()
+				sp := spec(t, net, 3)
+				sp.Mode, sp.HelperReads = mode, helpers
+				if err := loader.Probe(mode); err != nil {
+					t.Skipf("flavour %s refused by this kernel (tools/kernels checks which): %v", mode, err)
+				}
+				attached++
+				r := newRig(t, sp, convert.Cumulative)
+				require.Equal(t, mode, r.tr.Mode())
+				conns := dialMany(t, net, 2, 4)
+				r.run(startTraffic(t, conns, len(conns), nil), 500*time.Millisecond, 25*time.Millisecond)
+				r.compare()
+			})
+		}
+	}
+	require.Positive(t, attached, "no flavour attached")
 }
 
 // TestFullTuple: every socket its own series (local and peer address and
@@ -102,50 +133,57 @@ func TestFullTuple(t *testing.T) {
 			for c := range 16 {
 				conns = append(conns, srv.Dial(t, addr(net, 1, byte(c+1))))
 			}
-			r.run(startTraffic(t, conns, nil), time.Second, 25*time.Millisecond)
+			r.run(startTraffic(t, conns, len(conns), nil), time.Second, 25*time.Millisecond)
 			r.compare()
 		})
 	}
 }
 
-// TestIdleExpiryLateSamples: 60 peers whose connections pause for just
-// longer than idle_timeout and resume, again and again, beside steady
-// series, at scale 8. Series retire while their sockets' cache entries
-// still count (late samples), and some sockets take a free entry between
-// the scan and the retirement: the samples of each peer must add up,
-// across its retired and new rows, to the oracle's.
+// TestIdleExpiryLateSamples: as issue 18's reproduction, 60 peers whose
+// connections pause for just longer than idle_timeout and resume, again
+// and again, beside 800 live series, at scale 8. Series retire while
+// their sockets' cache entries still count (late samples), and some
+// sockets take a free entry between the scan and the retirement: the
+// samples of each peer must add up, across its retired and new rows, to
+// the oracle's. The 800 other series make each read long (scale 8 rows),
+// which widens the moments in which that happens.
 func TestIdleExpiryLateSamples(t *testing.T) {
-	const idle = 300 * time.Millisecond
+	const idle, active, peers, live = 200 * time.Millisecond, 100 * time.Millisecond, 60, 800
 	for _, temp := range temporalities {
 		t.Run(string(temp), func(t *testing.T) {
 			net := nextSubnet()
 			sp := spec(t, net, 8)
 			sp.IdleTimeout = idle
+			sp.MaxSeries = 2048
 			r := newRig(t, sp, temp)
 			srv := tcptest.Listen(t, addr(net, 0, 1))
 			var conns []*tcptest.Conn
-			for c := range 60 {
+			for c := range peers {
 				conns = append(conns, srv.Dial(t, addr(net, 1, byte(c+1))))
 			}
 			steady := tcptest.Listen(t, addr(net, 0, 2))
-			for c := range 40 {
-				conns = append(conns, steady.Dial(t, addr(net, 2, byte(c+1))))
+			var background []*tcptest.Conn
+			for c := range live {
+				background = append(background, steady.Dial(t, addr(net, byte(2+c/200), byte(c%200+1))))
 			}
-			// Peers 0..59: 150 ms of round trips, then a pause of
-			// idle_timeout plus 0..59 ms (by peer), so retirements fall
-			// anywhere around the resumptions; the 40 others never pause.
+			// Each peer: 100 ms of round trips, then a pause of
+			// idle_timeout plus i ms, so retirements fall anywhere around
+			// the resumptions.
 			started := time.Now()
 			pause := func(i, round int) time.Duration {
-				if i >= 60 {
-					return time.Millisecond
+				cycle := idle + active + time.Duration(i)*time.Millisecond
+				if in := time.Since(started) % cycle; in >= active {
+					return cycle - in
 				}
-				cycle := idle + 150*time.Millisecond + time.Duration(i)*time.Millisecond
-				if time.Since(started)%cycle < 150*time.Millisecond {
-					return time.Millisecond
-				}
-				return cycle - time.Since(started)%cycle
+				return 0
 			}
-			r.run(startTraffic(t, conns, pause), 2500*time.Millisecond, 20*time.Millisecond)
+			// The live series: a round trip every 50 ms each.
+			bg := startTraffic(t, background, 0, func(int, int) time.Duration { return 50 * time.Millisecond })
+			fg := startTraffic(t, conns, len(conns), pause)
+			r.drive(4*time.Second, 20*time.Millisecond)
+			fg.end(t)
+			bg.end(t)
+			r.quiesce()
 			r.compare()
 		})
 	}
@@ -169,9 +207,9 @@ func TestReturningPeers(t *testing.T) {
 				if e := time.Since(started); e > 300*time.Millisecond && e < time.Second {
 					return time.Second - e
 				}
-				return time.Millisecond
+				return 0
 			}
-			r.run(startTraffic(t, conns, pause), 1300*time.Millisecond, 25*time.Millisecond)
+			r.run(startTraffic(t, conns, len(conns), pause), 1300*time.Millisecond, 25*time.Millisecond)
 			r.compare()
 			if temp == convert.Cumulative {
 				runs := 0
@@ -211,7 +249,7 @@ func TestOverflowAndReresolve(t *testing.T) {
 				}
 				return time.Millisecond
 			}
-			r.run(startTraffic(t, conns, pause), 1500*time.Millisecond, 25*time.Millisecond)
+			r.run(startTraffic(t, conns, len(conns), pause), 1500*time.Millisecond, 25*time.Millisecond)
 			r.compare()
 			_, ok := r.exported()[overflowAttrs]
 			require.True(t, ok, "30 peers for 8 rows overflowed")

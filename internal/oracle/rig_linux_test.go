@@ -234,7 +234,7 @@ func (r *rig) compare() uint64 {
 		}
 		if d := diff(w, got[a], r.overflow); d != "" {
 			bad++
-			r.t.Errorf("series %s: %s", a, d)
+			r.t.Errorf("series %s: %s%s", a, d, r.runs(a))
 		}
 	}
 	for a, w := range want {
@@ -250,6 +250,20 @@ func (r *rig) compare() uint64 {
 		r.tr.Mode(), r.temp, r.spec.Table.Scale, r.reads, len(want), all.Total, all.Sum, bad)
 	require.Positive(r.t, all.Total, "the scenario made traffic the oracle saw")
 	return all.Total
+}
+
+// runs describes the cumulative runs exported for attrs (start time:
+// count of its last point), for failure messages.
+func (r *rig) runs(attrs string) string {
+	if r.temp != convert.Cumulative {
+		return ""
+	}
+	byStart := r.cum[attrs]
+	out := " runs (start: count):"
+	for _, st := range slices.Sorted(maps.Keys(byStart)) {
+		out += fmt.Sprintf(" %s: %d", st.AsTime().Format("15:04:05.000"), byStart[st].Total)
+	}
+	return out
 }
 
 // diff describes how got differs from want ("" if not at all). With
@@ -282,10 +296,10 @@ func diff(want, got *Counts, atMost bool) string {
 	return out
 }
 
-// traffic runs round trips on conns until stopped, conn i from a thread
-// pinned to the i-th of the CPUs the test may use (so the sockets of one
-// series count on every CPU). pause, if set, is asked before each round
-// trip how long conn i should wait first.
+// traffic runs round trips on conns until stopped, conn i (below pinned)
+// from a thread pinned to the i-th of the CPUs the test may use (so the
+// sockets of one series count on every CPU). pause, if set, is asked
+// before each round trip how long conn i should wait first.
 type traffic struct {
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -309,14 +323,14 @@ func cpus(t testing.TB) []int {
 	return out
 }
 
-func startTraffic(t testing.TB, conns []*tcptest.Conn, pause func(i int, round int) time.Duration) *traffic {
+func startTraffic(t testing.TB, conns []*tcptest.Conn, pinned int, pause func(i int, round int) time.Duration) *traffic {
 	tf := &traffic{stop: make(chan struct{})}
 	cpuList := cpus(t)
 	for i, c := range conns {
 		tf.wg.Add(1)
 		go func() {
 			defer tf.wg.Done()
-			if len(cpuList) > 0 {
+			if len(cpuList) > 0 && i < pinned {
 				runtime.LockOSThread()
 				defer runtime.UnlockOSThread()
 				var set unix.CPUSet
