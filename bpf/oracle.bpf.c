@@ -98,10 +98,12 @@ struct {
 } counts SEC(".maps");
 
 // STAT_ERRORS: samples not counted (expected 0); STAT_FILTERED: samples
-// of sockets the filters exclude. Shared words, added to atomically.
+// of sockets the filters exclude; STAT_COUNTED: samples counted, so tests
+// can tell a quiet moment (no sample of theirs while they read). Shared
+// words, added to atomically.
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } stats SEC(".maps");
@@ -127,6 +129,7 @@ struct {
 
 #define STAT_ERRORS 0
 #define STAT_FILTERED 1
+#define STAT_COUNTED 2
 
 static __always_inline void count_stat(__u32 which)
 {
@@ -177,8 +180,11 @@ static __always_inline int record(struct sock *sk, const bool btf)
 		return 0;
 	}
 	key.word = WORD_SUM;
-	if (!add(&key, raw))
+	if (!add(&key, raw)) {
 		count_stat(STAT_ERRORS);
+		return 0;
+	}
+	count_stat(STAT_COUNTED);
 	return 0;
 }
 

@@ -83,7 +83,7 @@ func TestManySocketsPerSeries(t *testing.T) {
 					sp.OneCacheEntry = one
 					r := newRig(t, sp, temp)
 					conns := dialMany(t, net, 4, 8)
-					r.run(startTraffic(t, conns, len(conns), nil), 1200*time.Millisecond, 25*time.Millisecond)
+					r.run(startTraffic(t, conns, len(conns), nil), 800*time.Millisecond, 25*time.Millisecond)
 					r.compare()
 				})
 			}
@@ -108,8 +108,8 @@ func TestFlavours(t *testing.T) {
 				attached++
 				r := newRig(t, sp, convert.Cumulative)
 				require.Equal(t, mode, r.tr.Mode())
-				conns := dialMany(t, net, 2, 4)
-				r.run(startTraffic(t, conns, len(conns), nil), 500*time.Millisecond, 25*time.Millisecond)
+				conns := dialMany(t, net, 2, 3)
+				r.run(startTraffic(t, conns, len(conns), nil), 300*time.Millisecond, 25*time.Millisecond)
 				r.compare()
 			})
 		}

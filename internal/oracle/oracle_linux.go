@@ -212,6 +212,17 @@ func (o *Oracle) Stats() (errs, filtered uint64, err error) {
 	return errs, filtered, nil
 }
 
+// Counted returns how many samples the oracle counted (of sockets its
+// filters let through): unchanged across a read, it tells that no sample
+// arrived meanwhile.
+func (o *Oracle) Counted() (uint64, error) {
+	var n uint64
+	if err := o.stats.Lookup(uint32(2), &n); err != nil {
+		return 0, fmt.Errorf("oracle: read stats: %w", err)
+	}
+	return n, nil
+}
+
 // Close detaches the oracle and releases its maps. Safe to call twice.
 func (o *Oracle) Close() error {
 	var err error

@@ -151,22 +151,36 @@ func (r *rig) exported() map[string]*Counts {
 
 // quiesce scrapes after traffic stopped until what tcprtt exported stays
 // the same over three reads (drains take a read after the mark, a retired
-// row another): at least five reads.
+// row another), at least five reads, and no segment reached the hook
+// during them (the oracle's count unchanged): a straggler (a delayed
+// ACK, a retransmission on a slow VM) would otherwise be in the oracle's
+// counts and not yet in tcprtt's.
 func (r *rig) quiesce() {
 	r.t.Helper()
 	time.Sleep(150 * time.Millisecond) // the last delayed ACKs
-	last, same := "", 0
-	for i := 0; i < 40 && (i < 5 || same < 3); i++ {
-		r.scrape()
-		now := fmt.Sprint(r.exported())
-		if now == last {
-			same++
-		} else {
-			same = 0
+	for range 20 {
+		before, err := r.or.Counted()
+		require.NoError(r.t, err)
+		last, same := "", 0
+		for i := 0; i < 40 && (i < 5 || same < 3); i++ {
+			r.scrape()
+			now := fmt.Sprint(r.exported())
+			if now == last {
+				same++
+			} else {
+				same = 0
+			}
+			last = now
+			time.Sleep(20 * time.Millisecond)
 		}
-		last = now
-		time.Sleep(20 * time.Millisecond)
+		after, err := r.or.Counted()
+		require.NoError(r.t, err)
+		if before == after {
+			return
+		}
+		r.t.Logf("%d samples arrived while quiescing: again", after-before)
 	}
+	r.t.Fatal("no quiet moment after the traffic stopped: segments kept reaching the hook")
 }
 
 // attrsOf is the attribute set of a series key under group_by g, as the
@@ -243,6 +257,9 @@ func (r *rig) compare() uint64 {
 			r.t.Errorf("series %s: oracle counted %d samples, tcprtt exported none", a, w.Total)
 		}
 	}
+	counted, err := r.or.Counted()
+	require.NoError(r.t, err)
+	require.Equal(r.t, counted, all.Total, "the oracle's map holds every sample it counted")
 	if d := diff(&all, &gotAll, false); d != "" {
 		r.t.Errorf("all series together: %s", d)
 	}
