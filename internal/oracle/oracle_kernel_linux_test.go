@@ -167,11 +167,11 @@ func TestIdleExpiryLateSamples(t *testing.T) {
 				background = append(background, steady.Dial(t, addr(net, byte(2+c/200), byte(c%200+1))))
 			}
 			// Each peer: 100 ms of round trips, then a pause of
-			// idle_timeout plus i ms, so retirements fall anywhere around
-			// the resumptions.
+			// idle_timeout plus i/2 ms, so that in every cycle some peers
+			// resume while the read that retires their series runs.
 			started := time.Now()
 			pause := func(i, round int) time.Duration {
-				cycle := idle + active + time.Duration(i)*time.Millisecond
+				cycle := idle + active + time.Duration(i)*time.Millisecond/2
 				if in := time.Since(started) % cycle; in >= active {
 					return cycle - in
 				}
