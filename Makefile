@@ -95,8 +95,8 @@ test-schedules:
 	$(GO) test -count=1 -run TestSchedules ./internal/reader/ -schedules=$(SCHEDULES)
 
 # Boots each kernel of tools/kernels/matrix under qemu (TCG) and runs the
-# loader's, the receiver's and the command's kernel tests inside; one result
-# line per kernel. KERNELS=5.10/amd64 (space-separated) runs only those.
+# loader's, the receiver's, the command's and the oracle's kernel tests
+# inside; one result line per kernel. KERNELS=5.10/amd64 (space-separated) runs only those.
 KERNELS ?=
 test-kernels:
 	GO=$(GO) tools/kernels/run.sh $(KERNELS)

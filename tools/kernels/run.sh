@@ -4,8 +4,9 @@
 # For each kernel of tools/kernels/matrix (or only those named, e.g. 5.10/amd64):
 # fetch the Debian kernel once into $TCPRTT_CACHE/kernels (fetch.sh), boot it
 # under qemu (TCG: no KVM needed) with an initramfs holding busybox and the
-# static kernel-test binaries of internal/loader, receiver and cmd/tcprtt, run
-# them with TCPRTT_REQUIRE_BPF=1, and read the serial console back. Prints one
+# static kernel-test binaries of internal/loader, receiver, cmd/tcprtt and
+# internal/oracle, run them with TCPRTT_REQUIRE_BPF=1, and read the serial
+# console back. Prints one
 # result line per kernel and exits non-zero if any kernel fails: a test
 # failed, the VM hung (VM_TIMEOUT), or the flavours that attached differ from
 # the matrix's expected ones, or one of them did not pass the TCP_INFO checks.
@@ -38,7 +39,9 @@ export TCPRTT_CACHE
 #   the kernel; the accounting identity, overflow included, runs per flavour;
 # - idle expiry depends on 200 ms timings that a TCG guest on a shared
 #   host does not keep.
-PKGS="internal/loader receiver cmd/tcprtt"
+# internal/oracle (the comparison with the oracle program) runs whole: its
+# comparisons are exact whatever the timing.
+PKGS="internal/loader receiver cmd/tcprtt internal/oracle"
 skip_of() {
 	case $1 in
 	internal/loader) echo 'TestKernelBucketChoice/scale[^3]' ;;
