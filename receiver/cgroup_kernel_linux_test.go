@@ -79,7 +79,8 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode, lifecycl
 	s := startScraper(t, func(c *Config) {
 		c.GroupBy = []string{"cgroup", "remote_address"}
 		c.Filter.RemoteAddresses = []string{cgNet}
-		c.IdleTimeout = cgroupTestIdle
+		// The test collects by hand; the interval only has to be valid.
+		c.CollectionInterval, c.IdleTimeout = time.Second, cgroupTestIdle
 		c.AttachMode = string(mode)
 	})
 	require.Equal(t, mode, s.tracer.Mode())

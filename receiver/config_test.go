@@ -234,6 +234,20 @@ func TestValidateRejects(t *testing.T) {
 			[]string{"collection_interval", "0s"}},
 		{"negative collection_interval", func(c *Config) { c.CollectionInterval = -time.Second },
 			[]string{"collection_interval", "-1s"}},
+		{"collection_interval 1ns", func(c *Config) { c.CollectionInterval = 1 },
+			[]string{"collection_interval", "1ns", "minimum of 100ms"}},
+		{"collection_interval 99ms", func(c *Config) { c.CollectionInterval = 99 * time.Millisecond },
+			[]string{"collection_interval", "99ms", "minimum of 100ms"}},
+		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 },
+			[]string{"idle_timeout", "1ns", "shorter than collection_interval (10s)", "or 0"}},
+		{"idle_timeout below collection_interval", func(c *Config) { c.CollectionInterval, c.IdleTimeout = time.Minute, 59 * time.Second },
+			[]string{"idle_timeout", "59s", "collection_interval (1m0s)"}},
+		{"timeout 1ns", func(c *Config) { c.Timeout = 1 },
+			[]string{"timeout", "1ns", "minimum of 100ms"}},
+		{"negative timeout", func(c *Config) { c.Timeout = -time.Second },
+			[]string{"timeout", "-1s"}},
+		{"negative initial_delay", func(c *Config) { c.InitialDelay = -time.Second },
+			[]string{"initial_delay", "-1s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -252,7 +266,9 @@ func TestValidateRejects(t *testing.T) {
 				switch tt.name {
 				case "max_buckets 1", "max_buckets 0", "max_buckets -160", "max_buckets 8194",
 					"unknown temporality", "max_series 0", "max_series -1", "max_series 2_000_000",
-					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval":
+					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval",
+					"collection_interval 1ns", "collection_interval 99ms", "idle_timeout 1ns", "idle_timeout below collection_interval",
+					"timeout 1ns", "negative timeout", "negative initial_delay":
 				default:
 					t.Errorf("loaderSpec accepted a config Validate rejects: %v", err)
 				}
@@ -336,7 +352,11 @@ func TestValidateAccepts(t *testing.T) {
 		{"max_buckets 2, the fewest that hold samples on both sides of 1", func(c *Config) { c.MaxBuckets = 2 }},
 		{"max_buckets 8193, never downscales", func(c *Config) { c.Scale, c.MaxBuckets = 8, 8193 }},
 		{"idle_timeout 0 keeps series forever", func(c *Config) { c.IdleTimeout = 0 }},
-		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 }},
+		{"collection_interval 100ms, the minimum", func(c *Config) { c.CollectionInterval = 100 * time.Millisecond }},
+		{"idle_timeout equal to collection_interval", func(c *Config) { c.IdleTimeout = c.CollectionInterval }},
+		{"timeout 100ms, the minimum", func(c *Config) { c.Timeout = 100 * time.Millisecond }},
+		{"timeout 0, none", func(c *Config) { c.Timeout = 0 }},
+		{"initial_delay 0", func(c *Config) { c.InitialDelay = 0 }},
 		{"scale 8 max_series 10_000", func(c *Config) { c.Scale, c.MaxSeries = 8, 10_000 }},
 	}
 	for _, m := range loader.Modes() {
