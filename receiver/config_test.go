@@ -240,7 +240,7 @@ func TestValidateRejects(t *testing.T) {
 			[]string{"collection_interval", "99ms", "minimum of 100ms"}},
 		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 },
 			[]string{"idle_timeout", "1ns", "shorter than collection_interval (10s)", "or 0"}},
-		{"idle_timeout below collection_interval", func(c *Config) { c.CollectionInterval, c.IdleTimeout = time.Minute, 59 * time.Second },
+		{"idle_timeout below collection_interval", func(c *Config) { c.CollectionInterval, c.IdleTimeout = time.Minute, 59*time.Second },
 			[]string{"idle_timeout", "59s", "collection_interval (1m0s)"}},
 		{"timeout 1ns", func(c *Config) { c.Timeout = 1 },
 			[]string{"timeout", "1ns", "minimum of 100ms"}},
