@@ -330,6 +330,10 @@ func (c *Config) loaderSpec() (loader.Spec, error) {
 	if spec.Table, err = bucket.NewTable(c.Scale, bucket.Unit(c.Unit)); err != nil {
 		return spec, err
 	}
+	// An IPv6 prefix matches IPv6 sockets only, although the program
+	// keeps IPv4 addresses v4-mapped.
+	spec.LocalPrefixes = netfilter.KernelPrefixes(spec.LocalPrefixes)
+	spec.RemotePrefixes = netfilter.KernelPrefixes(spec.RemotePrefixes)
 	spec.Mode = loader.Mode(c.AttachMode)
 	spec.MaxSeries = uint32(c.MaxSeries)
 	spec.IdleTimeout = c.IdleTimeout

@@ -394,7 +394,7 @@ func TestLoaderSpec(t *testing.T) {
 	c.Scale = 5
 	c.Unit = "us"
 	c.MaxSeries = 42
-	c.IdleTimeout = 7 * time.Second
+	c.CollectionInterval, c.IdleTimeout = 5*time.Second, 7*time.Second
 	c.AttachMode = "raw_tp"
 	require.NoError(t, c.Validate())
 
@@ -542,4 +542,31 @@ func TestUnmarshalRejectsBentValues(t *testing.T) {
 	assert.Equal(t, 4, cfg.Scale)
 	assert.Equal(t, []int{443}, cfg.Filter.RemotePorts)
 	assert.Equal(t, 5*time.Second, cfg.Timeout)
+}
+
+// An IPv6 prefix in a filter matches IPv6 sockets only: none of the
+// spec's entries may contain a v4-mapped address (the program's key of
+// every IPv4 socket), unless the prefix is written v4-mapped.
+func TestLoaderSpecIPv6PrefixExcludesIPv4(t *testing.T) {
+	c := createDefaultConfig()
+	c.Filter.LocalAddresses = []string{"::/0"}
+	c.Filter.RemoteAddresses = []string{"::/64", "::ffff:127.0.0.0/104"}
+	require.NoError(t, c.Validate())
+	spec, err := c.loaderSpec()
+	require.NoError(t, err)
+	v4 := netip.MustParseAddr("::ffff:127.0.0.1")
+	for _, p := range spec.LocalPrefixes {
+		assert.False(t, p.Contains(v4), "local entry %s of ::/0 matches IPv4 sockets", p)
+		assert.True(t, p.Addr().Is6())
+	}
+	assert.Len(t, spec.LocalPrefixes, 96)
+	var v4Entries []netip.Prefix
+	for _, p := range spec.RemotePrefixes {
+		assert.False(t, p.Contains(v4), "remote entry %s of ::/64 matches IPv4 sockets", p)
+		if p.Addr().Is4() {
+			v4Entries = append(v4Entries, p)
+		}
+	}
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, v4Entries)
+	assert.Len(t, spec.RemotePrefixes, 32+1)
 }
