@@ -86,7 +86,6 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode, lifecycl
 	require.Equal(t, mode, s.tracer.Mode())
 	require.NotNil(t, s.cgroups)
 	assert.Equal(t, root, s.cgroups.Root())
-	s.cgroups.Refresh = 0 // every scrape walks, so removals show at once
 
 	server := startChild(t, root, dirs["containerd"], "server", "go")
 	addr := server.expect(t, "listening")
@@ -200,6 +199,46 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode, lifecycl
 	for name := range ids {
 		assert.False(t, s.cgroups.Has(uint64(ids[name])), "%s: removed cgroup still in the resolver", name)
 	}
+}
+
+// TestNewCgroupLabelledOnFirstSight: a cgroup created after the
+// receiver's last collection has its path, container.id and k8s.pod.uid
+// on its first point, in the collection right after its first socket,
+// however short the interval (ids resolve by handle, without a walk).
+func TestNewCgroupLabelledOnFirstSight(t *testing.T) {
+	requireKernel(t)
+	root, err := cgroup.FindMount()
+	require.NoError(t, err, "this test needs the cgroup v2 hierarchy")
+	s := startScraper(t, func(c *Config) {
+		c.GroupBy = []string{"cgroup"}
+		c.Filter.RemoteAddresses = []string{cgNet}
+		c.CollectionInterval = 100 * time.Millisecond
+	})
+	require.True(t, s.cgroups.ByHandle(), "root resolves cgroups by handle: %v", s.cgroups.HandleErr())
+	serverPath := "system.slice/tcprtt-first-sight-" + randomHex(t, 8) + ".service"
+	server := startChild(t, root, makeCgroup(t, root, serverPath), "server", "go")
+	addr := server.expect(t, "listening")
+	_, err = s.scrape(context.Background())
+	require.NoError(t, err)
+
+	pod, cid := randomHex(t, 32), randomHex(t, 64)
+	uid := pod[:8] + "-" + pod[8:12] + "-" + pod[12:16] + "-" + pod[16:20] + "-" + pod[20:]
+	path := "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" +
+		strings.ReplaceAll(uid, "-", "_") + ".slice/cri-containerd-" + cid + ".scope"
+	dir := makeCgroup(t, root, path)
+	client := startChild(t, root, dir, "client", "go",
+		childLocalEnv+"=127.0.11.5", childServerEnv+"="+addr, childTrips+"=5")
+	client.expect(t, "done")
+
+	md, err := s.scrape(context.Background())
+	require.NoError(t, err)
+	rm, ok := resourcesByID(t, md)[inodeOf(t, dir)]
+	require.True(t, ok, "no resource for the new cgroup")
+	assert.Equal(t, map[string]any{
+		convert.AttrCgroupID: inodeOf(t, dir), convert.AttrCgroupPath: "/" + path,
+		convert.AttrContainerID: cid, convert.AttrPodUID: uid,
+	}, rm.Resource().Attributes().AsRaw(), "the new cgroup's first resource")
+	assert.Zero(t, s.cgroups.Stats().Unresolved, "cgroups without a path in the collection")
 }
 
 // resourcePoints returns the tcp.rtt points of one resource.
