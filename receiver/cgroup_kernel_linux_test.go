@@ -5,6 +5,7 @@ package tcprttreceiver
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,11 +13,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata/metricdatatest"
 
 	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/receiver/internal/metadatatest"
 )
 
 // TestResourcePerCgroup runs socket owners in cgroups of this machine's
@@ -258,4 +263,46 @@ func resourcePoints(t *testing.T, rm pmetric.ResourceMetrics) []pmetric.Exponent
 		}
 	}
 	return out
+}
+
+// TestCgroupSelfTelemetry: a cgroup removed before the receiver could
+// name it (its socket's series lives on) is counted in
+// otelcol_tcprtt_cgroups_unresolved; a walk without errors reports 0 in
+// otelcol_tcprtt_cgroup_walk_errors.
+func TestCgroupSelfTelemetry(t *testing.T) {
+	requireKernel(t)
+	root, err := cgroup.FindMount()
+	require.NoError(t, err, "this test needs the cgroup v2 hierarchy")
+	tt := componenttest.NewTelemetry()
+	t.Cleanup(func() { require.NoError(t, tt.Shutdown(context.Background())) })
+	cfg := createDefaultConfig()
+	cfg.GroupBy = []string{"cgroup"}
+	cfg.Filter.RemoteAddresses = []string{cgNet}
+	require.NoError(t, cfg.Validate())
+	s := newRTTScraper(cfg, metadatatest.NewSettings(tt))
+	require.NoError(t, s.start(context.Background(), componenttest.NewNopHost()))
+	t.Cleanup(func() { require.NoError(t, s.shutdown(context.Background())) })
+
+	base := "system.slice/tcprtt-telemetry-" + randomHex(t, 8)
+	server := startChild(t, root, makeCgroup(t, root, base+"-server.service"), "server", "go")
+	addr := server.expect(t, "listening")
+	goneDir := makeCgroup(t, root, base+"-gone.service")
+	afterDir := makeCgroup(t, root, base+"-after.service") // removed after the client stopped
+	client := startChild(t, root, goneDir, "client", "go",
+		childLocalEnv+"=127.0.11.6", childServerEnv+"="+addr, childTrips+"=5")
+	client.expect(t, "done")
+	// The client leaves its cgroup, which is removed: its socket still
+	// counts there, under an id no longer in the hierarchy.
+	moveInto(t, afterDir, client.cmd.Process.Pid)
+	require.NoError(t, rmCgroup(goneDir))
+
+	md, err := s.scrape(context.Background())
+	require.NoError(t, err)
+	rm, ok := resourcesByID(t, md)[inodeOf(t, filepath.Join(root, base+"-server.service"))]
+	require.True(t, ok, "no resource for the server's cgroup")
+	_, ok = rm.Resource().Attributes().Get(convert.AttrCgroupPath)
+	require.True(t, ok, "the server's cgroup has a path")
+	ignore := metricdatatest.IgnoreTimestamp()
+	metadatatest.AssertEqualTcprttCgroupsUnresolved(t, tt, []metricdata.DataPoint[int64]{{Value: 1}}, ignore)
+	metadatatest.AssertEqualTcprttCgroupWalkErrors(t, tt, []metricdata.DataPoint[int64]{{Value: 0}}, ignore)
 }
