@@ -255,7 +255,8 @@ func TestIdleSeriesExpire(t *testing.T) {
 		c.GroupBy = []string{"remote_address"}
 		c.Filter.RemoteAddresses = []string{"127.0.0.6", "127.0.0.7"}
 		c.MaxSeries = 1
-		c.IdleTimeout = 200 * time.Millisecond
+		// The test collects by hand; the interval only has to be valid.
+		c.CollectionInterval, c.IdleTimeout = 200*time.Millisecond, 200*time.Millisecond
 	})
 	first := tcptest.Dial(t, netip.MustParseAddr("127.0.0.6"), clientV4)
 	second := tcptest.Dial(t, netip.MustParseAddr("127.0.0.7"), clientV4)

@@ -5,6 +5,7 @@ package tcprttreceiver
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -12,11 +13,15 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/collector/component/componenttest"
 	"go.opentelemetry.io/collector/pdata/pmetric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata/metricdatatest"
 
 	"github.com/tcprtt/tcprtt/internal/cgroup"
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/loader"
+	"github.com/tcprtt/tcprtt/receiver/internal/metadatatest"
 )
 
 // TestResourcePerCgroup runs socket owners in cgroups of this machine's
@@ -79,13 +84,13 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode, lifecycl
 	s := startScraper(t, func(c *Config) {
 		c.GroupBy = []string{"cgroup", "remote_address"}
 		c.Filter.RemoteAddresses = []string{cgNet}
-		c.IdleTimeout = cgroupTestIdle
+		// The test collects by hand; the interval only has to be valid.
+		c.CollectionInterval, c.IdleTimeout = time.Second, cgroupTestIdle
 		c.AttachMode = string(mode)
 	})
 	require.Equal(t, mode, s.tracer.Mode())
 	require.NotNil(t, s.cgroups)
 	assert.Equal(t, root, s.cgroups.Root())
-	s.cgroups.Refresh = 0 // every scrape walks, so removals show at once
 
 	server := startChild(t, root, dirs["containerd"], "server", "go")
 	addr := server.expect(t, "listening")
@@ -201,6 +206,46 @@ func testResourcePerCgroup(t *testing.T, root string, mode loader.Mode, lifecycl
 	}
 }
 
+// TestNewCgroupLabelledOnFirstSight: a cgroup created after the
+// receiver's last collection has its path, container.id and k8s.pod.uid
+// on its first point, in the collection right after its first socket,
+// however short the interval (ids resolve by handle, without a walk).
+func TestNewCgroupLabelledOnFirstSight(t *testing.T) {
+	requireKernel(t)
+	root, err := cgroup.FindMount()
+	require.NoError(t, err, "this test needs the cgroup v2 hierarchy")
+	s := startScraper(t, func(c *Config) {
+		c.GroupBy = []string{"cgroup"}
+		c.Filter.RemoteAddresses = []string{cgNet}
+		c.CollectionInterval = 100 * time.Millisecond
+	})
+	require.True(t, s.cgroups.ByHandle(), "root resolves cgroups by handle: %v", s.cgroups.HandleErr())
+	serverPath := "system.slice/tcprtt-first-sight-" + randomHex(t, 8) + ".service"
+	server := startChild(t, root, makeCgroup(t, root, serverPath), "server", "go")
+	addr := server.expect(t, "listening")
+	_, err = s.scrape(context.Background())
+	require.NoError(t, err)
+
+	pod, cid := randomHex(t, 32), randomHex(t, 64)
+	uid := pod[:8] + "-" + pod[8:12] + "-" + pod[12:16] + "-" + pod[16:20] + "-" + pod[20:]
+	path := "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" +
+		strings.ReplaceAll(uid, "-", "_") + ".slice/cri-containerd-" + cid + ".scope"
+	dir := makeCgroup(t, root, path)
+	client := startChild(t, root, dir, "client", "go",
+		childLocalEnv+"=127.0.11.5", childServerEnv+"="+addr, childTrips+"=5")
+	client.expect(t, "done")
+
+	md, err := s.scrape(context.Background())
+	require.NoError(t, err)
+	rm, ok := resourcesByID(t, md)[inodeOf(t, dir)]
+	require.True(t, ok, "no resource for the new cgroup")
+	assert.Equal(t, map[string]any{
+		convert.AttrCgroupID: inodeOf(t, dir), convert.AttrCgroupPath: "/" + path,
+		convert.AttrContainerID: cid, convert.AttrPodUID: uid,
+	}, rm.Resource().Attributes().AsRaw(), "the new cgroup's first resource")
+	assert.Zero(t, s.cgroups.Stats().Unresolved, "cgroups without a path in the collection")
+}
+
 // resourcePoints returns the tcp.rtt points of one resource.
 func resourcePoints(t *testing.T, rm pmetric.ResourceMetrics) []pmetric.ExponentialHistogramDataPoint {
 	t.Helper()
@@ -218,4 +263,46 @@ func resourcePoints(t *testing.T, rm pmetric.ResourceMetrics) []pmetric.Exponent
 		}
 	}
 	return out
+}
+
+// TestCgroupSelfTelemetry: a cgroup removed before the receiver could
+// name it (its socket's series lives on) is counted in
+// otelcol_tcprtt_cgroups_unresolved; a walk without errors reports 0 in
+// otelcol_tcprtt_cgroup_walk_errors.
+func TestCgroupSelfTelemetry(t *testing.T) {
+	requireKernel(t)
+	root, err := cgroup.FindMount()
+	require.NoError(t, err, "this test needs the cgroup v2 hierarchy")
+	tt := componenttest.NewTelemetry()
+	t.Cleanup(func() { require.NoError(t, tt.Shutdown(context.Background())) })
+	cfg := createDefaultConfig()
+	cfg.GroupBy = []string{"cgroup"}
+	cfg.Filter.RemoteAddresses = []string{cgNet}
+	require.NoError(t, cfg.Validate())
+	s := newRTTScraper(cfg, metadatatest.NewSettings(tt))
+	require.NoError(t, s.start(context.Background(), componenttest.NewNopHost()))
+	t.Cleanup(func() { require.NoError(t, s.shutdown(context.Background())) })
+
+	base := "system.slice/tcprtt-telemetry-" + randomHex(t, 8)
+	server := startChild(t, root, makeCgroup(t, root, base+"-server.service"), "server", "go")
+	addr := server.expect(t, "listening")
+	goneDir := makeCgroup(t, root, base+"-gone.service")
+	afterDir := makeCgroup(t, root, base+"-after.service") // removed after the client stopped
+	client := startChild(t, root, goneDir, "client", "go",
+		childLocalEnv+"=127.0.11.6", childServerEnv+"="+addr, childTrips+"=5")
+	client.expect(t, "done")
+	// The client leaves its cgroup, which is removed: its socket still
+	// counts there, under an id no longer in the hierarchy.
+	moveInto(t, afterDir, client.cmd.Process.Pid)
+	require.NoError(t, rmCgroup(goneDir))
+
+	md, err := s.scrape(context.Background())
+	require.NoError(t, err)
+	rm, ok := resourcesByID(t, md)[inodeOf(t, filepath.Join(root, base+"-server.service"))]
+	require.True(t, ok, "no resource for the server's cgroup")
+	_, ok = rm.Resource().Attributes().Get(convert.AttrCgroupPath)
+	require.True(t, ok, "the server's cgroup has a path")
+	ignore := metricdatatest.IgnoreTimestamp()
+	metadatatest.AssertEqualTcprttCgroupsUnresolved(t, tt, []metricdata.DataPoint[int64]{{Value: 1}}, ignore)
+	metadatatest.AssertEqualTcprttCgroupWalkErrors(t, tt, []metricdata.DataPoint[int64]{{Value: 0}}, ignore)
 }

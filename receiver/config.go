@@ -101,6 +101,13 @@ const (
 	// the per-CPU sums (max_series+1 u64 per possible CPU), so a typo
 	// cannot pin gigabytes of kernel memory.
 	maxKernelBytes = 1 << 30
+
+	// minCollectionInterval keeps the collector from reading the kernel
+	// maps in a loop: one collection of 10k series takes ~20 ms.
+	minCollectionInterval = 100 * time.Millisecond
+	// minTimeout: a shorter scrape timeout fails collections that are
+	// merely reading a large map (0 means no timeout).
+	minTimeout = 100 * time.Millisecond
 )
 
 // possibleCPUs is the number of CPUs the per-CPU sums are sized for (a
@@ -212,14 +219,27 @@ func (c *Config) Validate() error {
 				c.MaxSeries, c.Scale, bytes>>20, possibleCPUs(), maxKernelBytes>>20)
 		}
 	}
-	if c.IdleTimeout < 0 {
+	switch {
+	case c.IdleTimeout < 0:
 		bad("idle_timeout", "%s must not be negative (0 keeps series forever)", c.IdleTimeout)
+	case c.IdleTimeout > 0 && c.CollectionInterval > 0 && c.IdleTimeout < c.CollectionInterval:
+		// Expiry is checked at each collection: a series idle for less than
+		// one interval would restart (new start time, counts from zero)
+		// whenever a collection found it quiet.
+		bad("idle_timeout", "%s is shorter than collection_interval (%s); use at least %s, or 0 to keep series forever",
+			c.IdleTimeout, c.CollectionInterval, c.CollectionInterval)
 	}
 	if !loader.Mode(c.AttachMode).Valid() {
 		bad("attach_mode", "%q is not one of %s", c.AttachMode, joinModes())
 	}
-	if c.CollectionInterval <= 0 {
-		bad("collection_interval", "%s must be positive", c.CollectionInterval)
+	if c.CollectionInterval < minCollectionInterval {
+		bad("collection_interval", "%s is below the minimum of %s", c.CollectionInterval, minCollectionInterval)
+	}
+	if c.Timeout != 0 && c.Timeout < minTimeout {
+		bad("timeout", "%s is below the minimum of %s (0 means no timeout)", c.Timeout, minTimeout)
+	}
+	if c.InitialDelay < 0 {
+		bad("initial_delay", "%s must not be negative", c.InitialDelay)
 	}
 	return errors.Join(errs...)
 }
@@ -310,6 +330,10 @@ func (c *Config) loaderSpec() (loader.Spec, error) {
 	if spec.Table, err = bucket.NewTable(c.Scale, bucket.Unit(c.Unit)); err != nil {
 		return spec, err
 	}
+	// An IPv6 prefix matches IPv6 sockets only, although the program
+	// keeps IPv4 addresses v4-mapped.
+	spec.LocalPrefixes = netfilter.KernelPrefixes(spec.LocalPrefixes)
+	spec.RemotePrefixes = netfilter.KernelPrefixes(spec.RemotePrefixes)
 	spec.Mode = loader.Mode(c.AttachMode)
 	spec.MaxSeries = uint32(c.MaxSeries)
 	spec.IdleTimeout = c.IdleTimeout

@@ -234,6 +234,20 @@ func TestValidateRejects(t *testing.T) {
 			[]string{"collection_interval", "0s"}},
 		{"negative collection_interval", func(c *Config) { c.CollectionInterval = -time.Second },
 			[]string{"collection_interval", "-1s"}},
+		{"collection_interval 1ns", func(c *Config) { c.CollectionInterval = 1 },
+			[]string{"collection_interval", "1ns", "minimum of 100ms"}},
+		{"collection_interval 99ms", func(c *Config) { c.CollectionInterval = 99 * time.Millisecond },
+			[]string{"collection_interval", "99ms", "minimum of 100ms"}},
+		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 },
+			[]string{"idle_timeout", "1ns", "shorter than collection_interval (10s)", "or 0"}},
+		{"idle_timeout below collection_interval", func(c *Config) { c.CollectionInterval, c.IdleTimeout = time.Minute, 59*time.Second },
+			[]string{"idle_timeout", "59s", "collection_interval (1m0s)"}},
+		{"timeout 1ns", func(c *Config) { c.Timeout = 1 },
+			[]string{"timeout", "1ns", "minimum of 100ms"}},
+		{"negative timeout", func(c *Config) { c.Timeout = -time.Second },
+			[]string{"timeout", "-1s"}},
+		{"negative initial_delay", func(c *Config) { c.InitialDelay = -time.Second },
+			[]string{"initial_delay", "-1s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -252,7 +266,9 @@ func TestValidateRejects(t *testing.T) {
 				switch tt.name {
 				case "max_buckets 1", "max_buckets 0", "max_buckets -160", "max_buckets 8194",
 					"unknown temporality", "max_series 0", "max_series -1", "max_series 2_000_000",
-					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval":
+					"kernel memory", "negative idle_timeout", "unknown attach_mode", "collection_interval 0", "negative collection_interval",
+					"collection_interval 1ns", "collection_interval 99ms", "idle_timeout 1ns", "idle_timeout below collection_interval",
+					"timeout 1ns", "negative timeout", "negative initial_delay":
 				default:
 					t.Errorf("loaderSpec accepted a config Validate rejects: %v", err)
 				}
@@ -336,7 +352,11 @@ func TestValidateAccepts(t *testing.T) {
 		{"max_buckets 2, the fewest that hold samples on both sides of 1", func(c *Config) { c.MaxBuckets = 2 }},
 		{"max_buckets 8193, never downscales", func(c *Config) { c.Scale, c.MaxBuckets = 8, 8193 }},
 		{"idle_timeout 0 keeps series forever", func(c *Config) { c.IdleTimeout = 0 }},
-		{"idle_timeout 1ns", func(c *Config) { c.IdleTimeout = 1 }},
+		{"collection_interval 100ms, the minimum", func(c *Config) { c.CollectionInterval = 100 * time.Millisecond }},
+		{"idle_timeout equal to collection_interval", func(c *Config) { c.IdleTimeout = c.CollectionInterval }},
+		{"timeout 100ms, the minimum", func(c *Config) { c.Timeout = 100 * time.Millisecond }},
+		{"timeout 0, none", func(c *Config) { c.Timeout = 0 }},
+		{"initial_delay 0", func(c *Config) { c.InitialDelay = 0 }},
 		{"scale 8 max_series 10_000", func(c *Config) { c.Scale, c.MaxSeries = 8, 10_000 }},
 	}
 	for _, m := range loader.Modes() {
@@ -374,7 +394,7 @@ func TestLoaderSpec(t *testing.T) {
 	c.Scale = 5
 	c.Unit = "us"
 	c.MaxSeries = 42
-	c.IdleTimeout = 7 * time.Second
+	c.CollectionInterval, c.IdleTimeout = 5*time.Second, 7*time.Second
 	c.AttachMode = "raw_tp"
 	require.NoError(t, c.Validate())
 
@@ -522,4 +542,31 @@ func TestUnmarshalRejectsBentValues(t *testing.T) {
 	assert.Equal(t, 4, cfg.Scale)
 	assert.Equal(t, []int{443}, cfg.Filter.RemotePorts)
 	assert.Equal(t, 5*time.Second, cfg.Timeout)
+}
+
+// An IPv6 prefix in a filter matches IPv6 sockets only: none of the
+// spec's entries may contain a v4-mapped address (the program's key of
+// every IPv4 socket), unless the prefix is written v4-mapped.
+func TestLoaderSpecIPv6PrefixExcludesIPv4(t *testing.T) {
+	c := createDefaultConfig()
+	c.Filter.LocalAddresses = []string{"::/0"}
+	c.Filter.RemoteAddresses = []string{"::/64", "::ffff:127.0.0.0/104"}
+	require.NoError(t, c.Validate())
+	spec, err := c.loaderSpec()
+	require.NoError(t, err)
+	v4 := netip.MustParseAddr("::ffff:127.0.0.1")
+	for _, p := range spec.LocalPrefixes {
+		assert.False(t, p.Contains(v4), "local entry %s of ::/0 matches IPv4 sockets", p)
+		assert.True(t, p.Addr().Is6())
+	}
+	assert.Len(t, spec.LocalPrefixes, 96)
+	var v4Entries []netip.Prefix
+	for _, p := range spec.RemotePrefixes {
+		assert.False(t, p.Contains(v4), "remote entry %s of ::/64 matches IPv4 sockets", p)
+		if p.Addr().Is4() {
+			v4Entries = append(v4Entries, p)
+		}
+	}
+	assert.Equal(t, []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, v4Entries)
+	assert.Len(t, spec.RemotePrefixes, 32+1)
 }

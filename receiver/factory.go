@@ -7,6 +7,7 @@ package tcprttreceiver
 import (
 	"context"
 	"fmt"
+	"sync"
 
 	"go.opentelemetry.io/collector/component"
 	"go.opentelemetry.io/collector/consumer"
@@ -42,8 +43,31 @@ func createMetrics(
 	if err != nil {
 		return nil, err
 	}
-	return scraperhelper.NewMetricsController(&c.ControllerConfig, set, dropEmpty(next),
+	r, err := scraperhelper.NewMetricsController(&c.ControllerConfig, set, dropEmpty(next),
 		scraperhelper.AddMetricsScraper(metadata.Type, sc))
+	if err != nil {
+		return nil, err
+	}
+	return &shutdownOnce{Metrics: r}, nil
+}
+
+// shutdownOnce makes Shutdown idempotent, as the component contract asks:
+// the scraper controller closes a channel in its Shutdown and panics
+// ("close of closed channel") when called twice.
+type shutdownOnce struct {
+	receiver.Metrics
+	mu   sync.Mutex
+	done bool
+}
+
+func (s *shutdownOnce) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.done {
+		return nil
+	}
+	s.done = true
+	return s.Metrics.Shutdown(ctx)
 }
 
 // dropEmpty passes on only batches with data: the scraper controller calls

@@ -269,6 +269,36 @@ func TestReceiverFilters(t *testing.T) {
 	assert.Equal(t, []string{loopV6.String()}, peersOf(md))
 }
 
+// TestReceiverIPv6PrefixIsIPv6Only: ::/0 matches the IPv6 sockets and no
+// IPv4 one (IPv4 addresses are keyed v4-mapped in the program), and a
+// prefix written v4-mapped is the IPv4 prefix, matching IPv4 sockets
+// only. Real sockets of both families, measured by the kernel program.
+func TestReceiverIPv6PrefixIsIPv6Only(t *testing.T) {
+	requireKernel(t)
+	v4 := tcptest.Dial(t, serverV4, clientV4)
+	v6 := tcptest.Dial(t, loopV6, loopV6)
+	allV6 := startFromFactory(t, func(c *Config) {
+		c.Filter.RemoteAddresses = []string{"::/0"}
+	})
+	mappedV4 := startFromFactory(t, func(c *Config) {
+		c.Filter.RemoteAddresses = []string{"::ffff:" + serverV4.String() + "/128"}
+	})
+	for range 3 {
+		v4.RoundTrips(t, 20)
+		v6.RoundTrips(t, 20)
+	}
+
+	// The whole host is measured: other IPv6 traffic may show up beside
+	// ::1, but no IPv4 peer may.
+	peers := peersOf(waitScrape(t, allV6))
+	assert.Contains(t, peers, loopV6.String())
+	for _, p := range peers {
+		a := netip.MustParseAddr(p)
+		assert.True(t, a.Is6() && !a.Is4In6(), "::/0 matched the IPv4 peer %s", p)
+	}
+	assert.Equal(t, []string{serverV4.String()}, peersOf(waitScrape(t, mappedV4)))
+}
+
 // peersOf lists the peer addresses of the points with samples.
 func peersOf(md pmetric.Metrics) []string {
 	var peers []string

@@ -24,7 +24,7 @@ func TestQuietIntervalsSendNothing(t *testing.T) {
 	for _, temporality := range []string{"cumulative", "delta"} {
 		t.Run(temporality, func(t *testing.T) {
 			cfg := createDefaultConfig()
-			cfg.CollectionInterval = 50 * time.Millisecond
+			cfg.CollectionInterval = 100 * time.Millisecond // the minimum
 			cfg.InitialDelay = 0
 			cfg.Temporality = temporality
 			cfg.Filter.RemotePorts = []int{1} // nothing on this host talks to port 1
@@ -34,7 +34,7 @@ func TestQuietIntervalsSendNothing(t *testing.T) {
 				receivertest.NewNopSettings(metadata.Type), cfg, sink)
 			require.NoError(t, err)
 			require.NoError(t, r.Start(context.Background(), componenttest.NewNopHost()))
-			time.Sleep(20 * cfg.CollectionInterval)
+			time.Sleep(10 * cfg.CollectionInterval)
 			require.NoError(t, r.Shutdown(context.Background()))
 			assert.Empty(t, sink.AllMetrics(), "quiet collections send no batches")
 

@@ -77,13 +77,11 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 	}
 	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
 	if spec.GroupBy.Has(kmaps.GroupCgroup) {
-		root, err := cgroup.FindMount()
-		if err != nil {
-			return fmt.Errorf("tcprtt: group_by cgroup: %w", err)
+		if err := s.startCgroups(); err != nil {
+			return err
 		}
-		s.cgroups = cgroup.NewResolver(root)
 		opts.Cgroups = s.cgroups
-		fields = append(fields, zap.String("cgroup_root", root))
+		fields = append(fields, zap.String("cgroup_root", s.cgroups.Root()), zap.Bool("cgroup_by_handle", s.cgroups.ByHandle()))
 	}
 	s.converter, err = convert.New(opts)
 	if err != nil {
@@ -94,6 +92,32 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 	}
 	s.logger.Info("tcprtt program attached", fields...)
 	return s.startTelemetry()
+}
+
+// startCgroups finds the cgroup v2 mount and starts naming cgroup ids,
+// with a warning for each way in which names may be missing: a mount that
+// is not the root cgroup, resolution by walk (a new cgroup's first points
+// lack its labels), directories a walk cannot read (logged once, counted
+// in otelcol_tcprtt_cgroup_walk_errors).
+func (s *rttScraper) startCgroups() error {
+	m, err := cgroup.LocateMount()
+	if err != nil {
+		return fmt.Errorf("tcprtt: group_by cgroup: %w", err)
+	}
+	if m.Fallback != nil {
+		s.logger.Warn("tcprtt: cgroups outside the cgroup v2 mount get no path", zap.Error(m.Fallback))
+	}
+	s.cgroups = cgroup.NewResolver(m.Path)
+	s.cgroups.OnProblem = func(err error) {
+		s.logger.Warn("tcprtt: some cgroups get no path (counted in otelcol_tcprtt_cgroups_unresolved)", zap.Error(err))
+	}
+	if err := s.cgroups.HandleErr(); err != nil {
+		s.logger.Warn("tcprtt: cannot open cgroups by id (needs CAP_DAC_READ_SEARCH); a background walk of the "+
+			"hierarchy names them instead, so a new cgroup's first points lack its path, container.id and k8s.pod.uid",
+			zap.Error(err))
+	}
+	_ = s.cgroups.Start() // a walk error went to OnProblem; the resolver works with what it found
+	return nil
 }
 
 func (s *rttScraper) startTelemetry() error {
@@ -122,6 +146,24 @@ func (s *rttScraper) startTelemetry() error {
 		tb.RegisterTcprttSamplesErrorsCallback(counter(func(t scrapeTotals) uint64 { return t.errors })),
 		tb.RegisterTcprttRunsMissedCallback(counter(func(t scrapeTotals) uint64 { return t.missed })),
 		tb.RegisterTcprttSeriesCallback(counter(func(t scrapeTotals) uint64 { return uint64(t.series) })),
+		s.registerCgroupTelemetry(tb),
+	)
+}
+
+func (s *rttScraper) registerCgroupTelemetry(tb *metadata.TelemetryBuilder) error {
+	if s.cgroups == nil {
+		return nil
+	}
+	r := s.cgroups
+	return errors.Join(
+		tb.RegisterTcprttCgroupsUnresolvedCallback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(r.Stats().Unresolved))
+			return nil
+		}),
+		tb.RegisterTcprttCgroupWalkErrorsCallback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(int64(r.Stats().WalkErrors))
+			return nil
+		}),
 	)
 }
 
@@ -182,6 +224,9 @@ func (s *rttScraper) shutdown(context.Context) error {
 	if s.telemetry != nil {
 		s.telemetry.Shutdown()
 		s.telemetry = nil
+	}
+	if s.cgroups != nil {
+		s.cgroups.Close()
 	}
 	if s.tracer != nil {
 		err := s.tracer.Close()

@@ -429,15 +429,17 @@ func (o *options) spec() (loader.Spec, error) {
 		return loader.Spec{}, err
 	}
 	spec := loader.Spec{
-		Mode:           loader.ModeAuto,
-		GroupBy:        o.groupBy,
-		Table:          table,
-		MaxSeries:      maxSeries(o.groupBy, table),
-		Family:         o.family,
-		LocalPorts:     o.localPorts,
-		RemotePorts:    o.remotePorts,
-		LocalPrefixes:  o.localPrefixes,
-		RemotePrefixes: o.remotePrefixes,
+		Mode:        loader.ModeAuto,
+		GroupBy:     o.groupBy,
+		Table:       table,
+		MaxSeries:   maxSeries(o.groupBy, table),
+		Family:      o.family,
+		LocalPorts:  o.localPorts,
+		RemotePorts: o.remotePorts,
+		// An IPv6 prefix matches IPv6 sockets only, as in the receiver,
+		// although the program keeps IPv4 addresses v4-mapped.
+		LocalPrefixes:  netfilter.KernelPrefixes(o.localPrefixes),
+		RemotePrefixes: netfilter.KernelPrefixes(o.remotePrefixes),
 	}
 	if o.groupBy != 0 {
 		spec.IdleTimeout = idleTimeout

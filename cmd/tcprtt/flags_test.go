@@ -206,6 +206,35 @@ func TestSpec(t *testing.T) {
 	}
 }
 
+// -A ::/0 means IPv6 peers only: no entry of the spec contains a
+// v4-mapped address, the program's key of every IPv4 socket; with -4 it
+// is refused as never matching.
+func TestSpecIPv6PrefixExcludesIPv4(t *testing.T) {
+	o, err := parseArgs([]string{"-A", "::/0", "-a", "::ffff:127.0.0.0/104"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec, err := o.spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v4 := netip.MustParseAddr("::ffff:127.0.0.1")
+	for _, p := range spec.RemotePrefixes {
+		if p.Contains(v4) || !p.Addr().Is6() {
+			t.Errorf("entry %s of -A ::/0 matches IPv4 sockets", p)
+		}
+	}
+	if len(spec.RemotePrefixes) != 96 || !reflect.DeepEqual(spec.LocalPrefixes, prefixes("127.0.0.0/8")) {
+		t.Errorf("remote %v, local %v", spec.RemotePrefixes, spec.LocalPrefixes)
+	}
+	if _, err := parseArgs([]string{"-4", "-A", "::/0"}); err == nil || !strings.Contains(err.Error(), "::/0 can never match with -4") {
+		t.Errorf("-4 -A ::/0: %v", err)
+	}
+	if _, err := parseArgs([]string{"-6", "-A", "::/0"}); err != nil {
+		t.Errorf("-6 -A ::/0: %v", err)
+	}
+}
+
 func TestMaxSeries(t *testing.T) {
 	for scale := bucket.MinScale; scale <= bucket.MaxScale; scale++ {
 		table, err := bucket.NewTable(scale, bucket.Microseconds)

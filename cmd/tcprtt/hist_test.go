@@ -70,7 +70,8 @@ func fakeCgroupName(id uint64) string {
 		42:   "/system.slice/ssh.service",
 		7001: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod5d2f7a3c_8c4b_4a8e_9c51_0f2b7c9d1e23.slice/cri-containerd-3f1c2b7e9a8d4c6b5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f.scope",
 	}
-	return cgroupName(cgroup.Info{ID: id, Path: paths[id]})
+	// An id without a path here is one the resolver knows to be gone.
+	return cgroupName(cgroup.Info{ID: id, Path: paths[id], Gone: paths[id] == ""})
 }
 
 func remoteKey(addr string) kmaps.Key {

@@ -200,6 +200,12 @@ func TestKernel(t *testing.T) {
 			want: []string{local(serverA), local(serverB)}},
 		{name: "IPv6 only", args: []string{"-i", "1", "-d", "2", "-B", "-e", "-6"},
 			want: []string{remote(loopV6)}},
+		// An IPv6 prefix matches IPv6 sockets only, although the program
+		// keys IPv4 ones v4-mapped; written v4-mapped, it is the IPv4 one.
+		{name: "IPv6 prefix ::/0 is IPv6 only", args: []string{"-i", "1", "-d", "2", "-B", "-e", "-A", "::/0"},
+			want: []string{remote(loopV6)}},
+		{name: "v4-mapped prefix is IPv4", args: []string{"-i", "1", "-d", "2", "-B", "-e", "-A", "::ffff:" + serverA.String() + "/128"},
+			want: []string{remote(serverA)}},
 		{name: "msecs scale 3 timestamps", args: []string{"-i1", "-d2", "-Tme", "-s", "3", "-A", serverA.String()},
 			want: []string{"All Addresses"},
 			checkFn: func(t *testing.T, stdout, _ string, ivs []interval) {

@@ -74,12 +74,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	p := &printer{tracer: tracer, intervals: newIntervals(spec.GroupBy, spec.Table.NumBuckets), r: r, out: out, timestamp: opts.timestamp}
 	if spec.GroupBy.Has(kmaps.GroupCgroup) {
-		root, err := cgroup.FindMount()
+		m, err := cgroup.LocateMount()
 		if err != nil {
 			fmt.Fprintf(stderr, "tcprtt: -C: %v\n", err)
 			return 1
 		}
-		p.cgroups = cgroup.NewResolver(root)
+		if m.Fallback != nil {
+			fmt.Fprintf(stderr, "tcprtt: warning: -C: %v\n", m.Fallback)
+		}
+		p.cgroups = cgroup.NewResolver(m.Path)
+		p.cgroups.OnProblem = func(err error) { fmt.Fprintf(stderr, "tcprtt: warning: -C: %v\n", err) }
+		if err := p.cgroups.HandleErr(); err != nil {
+			fmt.Fprintf(stderr, "tcprtt: warning: -C: new cgroups are named by a walk of the hierarchy, "+
+				"so one may show without its path for an interval (opening them by id needs CAP_DAC_READ_SEARCH): %v\n", err)
+		}
+		_ = p.cgroups.Start() // a walk error went to OnProblem
+		defer p.cgroups.Close()
 		r.cgroupName = func(id uint64) string { return cgroupName(p.cgroups.Lookup(id)) }
 	}
 
@@ -105,16 +115,32 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-// cgroupName is the path of a cgroup, or its id when the path is not
-// known (removed before it could be looked up).
+// cgroupName is the path of a cgroup (its last one if it was removed
+// since), or its id when the path is not known: removed before it could
+// be looked up, or not found yet by the walk (without the capability to
+// open cgroups by id).
 func cgroupName(info cgroup.Info) string {
 	switch {
 	case info.Path != "":
 		return info.Path
 	case info.ID == 0:
 		return "(unknown)"
+	case info.Gone:
+		return fmt.Sprintf("(id %d, removed)", info.ID)
 	}
-	return fmt.Sprintf("(id %d, removed)", info.ID)
+	return fmt.Sprintf("(id %d, path not known yet)", info.ID)
+}
+
+// lookupCgroups looks up the cgroup of every series the kernel holds,
+// printed in this interval or not, so that the resolver keeps a removed
+// cgroup's last path as long as its series lives (it forgets an id after
+// a round without a lookup).
+func lookupCgroups(r *cgroup.Resolver, snap *kmaps.Snapshot) {
+	for i := range snap.Series {
+		if id := snap.Series[i].Key.Cgroup; id != 0 {
+			r.Lookup(id)
+		}
+	}
 }
 
 // formatSeconds prints d in seconds without a trailing ".0".
@@ -190,6 +216,9 @@ func (p *printer) print() error {
 	stamp := ""
 	if p.timestamp {
 		stamp = time.Now().Format("15:04:05")
+	}
+	if p.cgroups != nil {
+		lookupCgroups(p.cgroups, &p.snap)
 	}
 	if err := p.r.writeInterval(p.out, stamp, p.intervals.next(&p.snap)); err != nil {
 		return err

@@ -55,29 +55,53 @@ const rootID = 1
 // this process's: the one whose directory is the root cgroup (id 1). A
 // container in a cgroup namespace sees its own cgroup as the root of its
 // /sys/fs/cgroup, where no other workload's cgroup is found; the host's,
-// bind-mounted, is then preferred. Without a root mount, the first one.
+// bind-mounted, is then preferred. Without a root mount, the first one
+// (LocateMount says why, for a warning).
 func FindMount() (string, error) {
+	m, err := LocateMount()
+	return m.Path, err
+}
+
+// Mount is the cgroup v2 mount LocateMount chose.
+type Mount struct {
+	Path string
+	// Fallback, if not nil, says why Path is not the root cgroup's mount:
+	// only the cgroups below Path can be named.
+	Fallback error
+}
+
+// LocateMount is FindMount with the reason for a fallback.
+func LocateMount() (Mount, error) {
 	f, err := os.Open(MountInfo)
 	if err != nil {
-		return "", fmt.Errorf("find the cgroup v2 mount: %w", err)
+		return Mount{}, fmt.Errorf("find the cgroup v2 mount: %w", err)
 	}
 	defer f.Close()
 	mounts, err := Mounts(f)
 	if err != nil {
-		return "", err
+		return Mount{}, err
 	}
 	return pickRoot(mounts, os.Stat), nil
 }
 
-func pickRoot(mounts []string, stat func(string) (fs.FileInfo, error)) string {
+func pickRoot(mounts []string, stat func(string) (fs.FileInfo, error)) Mount {
+	var seen []string
 	for _, m := range mounts {
-		if fi, err := stat(m); err == nil {
-			if ino, ok := inode(fi); ok && ino == rootID {
-				return m
-			}
+		fi, err := stat(m)
+		if err != nil {
+			seen = append(seen, fmt.Sprintf("%s: %v", m, err))
+			continue
+		}
+		if ino, ok := inode(fi); ok && ino == rootID {
+			return Mount{Path: m}
+		} else if ok {
+			seen = append(seen, fmt.Sprintf("%s is cgroup id %d", m, ino))
 		}
 	}
-	return mounts[0]
+	return Mount{Path: mounts[0], Fallback: fmt.Errorf("no cgroup2 mount in %s is the root cgroup (id %d): %s; "+
+		"using %s, where only the cgroups below it are found (in a container with its own cgroup namespace, "+
+		"mount the host's /sys/fs/cgroup, e.g. as a hostPath at /host/sys/fs/cgroup)",
+		MountInfo, rootID, strings.Join(seen, ", "), mounts[0])}
 }
 
 // unescape undoes the kernel's octal escapes of space, tab, newline and

@@ -4,6 +4,7 @@ package cgroup
 
 import (
 	"io/fs"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -20,15 +21,24 @@ func TestPickRoot(t *testing.T) {
 		return fakeInfo{ino}, nil
 	}
 	for _, tc := range []struct {
-		mounts []string
-		want   string
+		mounts   []string
+		want     string
+		fallback string // in the reason, "" for none
 	}{
-		{[]string{"/sys/fs/cgroup", "/host/sys/fs/cgroup"}, "/host/sys/fs/cgroup"},
-		{[]string{"/sys/fs/cgroup"}, "/sys/fs/cgroup"},
-		{[]string{"/gone", "/sys/fs/cgroup"}, "/gone"},
+		{[]string{"/sys/fs/cgroup", "/host/sys/fs/cgroup"}, "/host/sys/fs/cgroup", ""},
+		{[]string{"/sys/fs/cgroup"}, "/sys/fs/cgroup", "/sys/fs/cgroup is cgroup id 4242"},
+		{[]string{"/gone", "/sys/fs/cgroup"}, "/gone", "/gone: file does not exist, /sys/fs/cgroup is cgroup id 4242"},
 	} {
-		if got := pickRoot(tc.mounts, stat); got != tc.want {
-			t.Errorf("pickRoot(%v) = %q, want %q", tc.mounts, got, tc.want)
+		got := pickRoot(tc.mounts, stat)
+		if got.Path != tc.want {
+			t.Errorf("pickRoot(%v) = %q, want %q", tc.mounts, got.Path, tc.want)
+		}
+		switch {
+		case tc.fallback == "" && got.Fallback != nil:
+			t.Errorf("pickRoot(%v): fallback %v, want none", tc.mounts, got.Fallback)
+		case tc.fallback != "" && (got.Fallback == nil || !strings.Contains(got.Fallback.Error(), tc.fallback) ||
+			!strings.Contains(got.Fallback.Error(), "using "+tc.want)):
+			t.Errorf("pickRoot(%v): fallback %v, want one naming %q and using %s", tc.mounts, got.Fallback, tc.fallback, tc.want)
 		}
 	}
 }

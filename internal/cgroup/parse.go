@@ -20,12 +20,14 @@ type Workload struct {
 }
 
 var (
-	// Container scopes of the systemd cgroup driver:
-	// cri-containerd-<id>.scope, crio-<id>.scope, docker-<id>.scope,
-	// libpod-<id>.scope. crio-conmon-<id>.scope and libpod-conmon-<id>.scope
-	// hold the runtime's monitor process, not the container, and do not
-	// match.
-	scopeRE = regexp.MustCompile(`^(?:cri-containerd|crio|docker|libpod)-([0-9a-f]{64})\.scope$`)
+	// Container cgroups named <runtime>-<id>: scopes of the systemd cgroup
+	// driver (cri-containerd-<id>.scope, crio-<id>.scope,
+	// docker-<id>.scope, libpod-<id>.scope, nerdctl-<id>.scope) and the
+	// same names without ".scope" under the cgroupfs drivers of CRI-O
+	// (…/pod<uid>/crio-<id>) and Podman (/libpod_parent/libpod-<id>).
+	// crio-conmon-<id> and libpod-conmon-<id> hold the runtime's monitor
+	// process, not the container, and do not match.
+	scopeRE = regexp.MustCompile(`^(?:cri-containerd|crio|docker|libpod|nerdctl)-([0-9a-f]{64})(?:\.scope)?$`)
 	// The cgroupfs drivers name the container's cgroup by its id alone:
 	// /docker/<id>, /kubepods/burstable/pod<uid>/<id>.
 	bareIDRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
@@ -36,7 +38,12 @@ var (
 	// systemd driver: kubepods-pod<uid>.slice (Guaranteed) and
 	// kubepods-{burstable,besteffort}-pod<uid>.slice, the UID's dashes
 	// written as underscores (a dash separates slice levels in systemd).
-	podSliceRE = regexp.MustCompile(`^kubepods(?:-besteffort|-burstable)?-pod(` + uidRE + `)\.slice$`)
+	// With a --cgroup-root such as kind's /kubelet.slice the names carry
+	// the parent slices' prefix: kubelet-kubepods-burstable-pod<uid>.slice.
+	podSliceRE = regexp.MustCompile(`^(?:[a-z0-9_.@]+-)*kubepods(?:-besteffort|-burstable)?-pod(` + uidRE + `)\.slice$`)
+	// The kubepods slice itself: kubepods.slice, or with a cgroup root
+	// slice in front, kubelet-kubepods.slice.
+	kubepodsSliceRE = regexp.MustCompile(`^(?:[a-z0-9_.@]+-)*kubepods\.slice$`)
 	// cgroupfs driver: pod<uid> under /kubepods[/burstable|/besteffort].
 	podDirRE = regexp.MustCompile(`^pod(` + uidRE + `)$`)
 )
@@ -51,7 +58,7 @@ func Parse(p string) Workload {
 	kubepods := false
 	for _, s := range segs {
 		switch {
-		case s == "kubepods" || s == "kubepods.slice":
+		case s == "kubepods" || kubepodsSliceRE.MatchString(s):
 			kubepods = true
 		case kubepods && w.PodUID == "":
 			if m := podSliceRE.FindStringSubmatch(s); m != nil {

@@ -1,6 +1,9 @@
 package cgroup
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 const (
 	cid  = "3f1c2b7e9a8d4c6b5e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f"
@@ -38,6 +41,20 @@ func TestParse(t *testing.T) {
 		{"Podman", "/machine.slice/libpod-" + cid + ".scope", Workload{ContainerID: cid}},
 		{"Podman rootless", "/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-" + cid + ".scope/container", Workload{ContainerID: cid}},
 		{"Podman conmon", "/machine.slice/libpod-conmon-" + cid + ".scope", Workload{}},
+		{"kind node: kubelet.slice cgroup root, systemd driver", "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod" + uidU + ".slice/cri-containerd-" + cid + ".scope",
+			Workload{ContainerID: cid, PodUID: uid}},
+		{"kind node seen from the host: inside the node container's scope", "/system.slice/docker-" + strings.Repeat("a", 64) + ".scope/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-pod" + uidU + ".slice/cri-containerd-" + cid + ".scope",
+			Workload{ContainerID: cid, PodUID: uid}},
+		{"kubelet.slice pod slice itself", "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-burstable.slice/kubelet-kubepods-burstable-pod" + uidU + ".slice",
+			Workload{PodUID: uid}},
+		{"CRI-O, cgroupfs driver", "/kubepods/burstable/pod" + uid + "/crio-" + cid,
+			Workload{ContainerID: cid, PodUID: uid}},
+		{"CRI-O conmon, cgroupfs driver", "/kubepods/burstable/pod" + uid + "/crio-conmon-" + cid,
+			Workload{PodUID: uid}},
+		{"nerdctl", "/system.slice/nerdctl-" + cid + ".scope", Workload{ContainerID: cid}},
+		{"Podman, cgroupfs manager", "/libpod_parent/libpod-" + cid, Workload{ContainerID: cid}},
+		{"Podman, cgroupfs manager, nested container cgroup", "/libpod_parent/libpod-" + cid + "/container", Workload{ContainerID: cid}},
+		{"kubepods-like slice outside a pod level", "/kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice", Workload{}},
 		{"systemd service", "/system.slice/ssh.service", Workload{}},
 		{"root", "/", Workload{}},
 		{"empty", "", Workload{}},

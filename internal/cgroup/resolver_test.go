@@ -40,16 +40,11 @@ func idOf(t *testing.T, root, p string) uint64 {
 	return ino
 }
 
-type clock struct{ t time.Time }
-
-func (c *clock) now() time.Time          { return c.t }
-func (c *clock) advance(d time.Duration) { c.t = c.t.Add(d) }
-
-func newTestResolver(root string) (*Resolver, *clock) {
-	c := &clock{t: time.Unix(1_000_000, 0)}
-	r := NewResolver(root)
-	r.now = c.now
-	return r, c
+func newTestResolver(t *testing.T, root string) *Resolver {
+	t.Helper()
+	r := NewWalkResolver(root)
+	t.Cleanup(r.Close)
+	return r
 }
 
 var (
@@ -61,7 +56,10 @@ var (
 
 func TestResolverLookup(t *testing.T) {
 	root := tree(t, k8sSystemd, k8sCgroupfs, dockerScope, service)
-	r, _ := newTestResolver(root)
+	r := newTestResolver(t, root)
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		path string
 		want Workload
@@ -89,34 +87,58 @@ func TestResolverLookup(t *testing.T) {
 	}
 }
 
-// A cgroup created after the last walk is found by the next one, which
-// waits for MinRescan; an id that a walk did not find is reported alone
-// and not walked for again.
+// woken reports whether a walk was asked for since the last call.
+func woken(r *Resolver) bool {
+	select {
+	case <-r.wake:
+		return true
+	default:
+		return false
+	}
+}
+
+// In walk mode a lookup never walks: a cgroup created after the last walk
+// is pending (no path, not gone) and asks for a walk, which finds it; an
+// id that a walk begun after its first lookup did not find is gone, and
+// asks for no further walk.
 func TestResolverNewAndUnknown(t *testing.T) {
 	root := tree(t, service)
-	r, clk := newTestResolver(root)
+	r := newTestResolver(t, root)
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
+	}
 	r.Lookup(idOf(t, root, service))
+	if woken(r) {
+		t.Fatal("a known id asked for a walk")
+	}
 
 	id := mkdir(t, root, dockerScope)
-	if got := r.Lookup(id); got != (Info{ID: id}) || r.Scans() != 1 {
-		t.Fatalf("within MinRescan: %+v after %d walks, want the id alone and 1 walk", got, r.Scans())
+	if got := r.Lookup(id); got != (Info{ID: id}) || r.Scans() != 1 || !woken(r) {
+		t.Fatalf("new id: %+v after %d walks, want the id alone, no walk in Lookup, and a walk asked for", got, r.Scans())
 	}
-	clk.advance(r.MinRescan)
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
+	}
 	want := Info{ID: id, Path: "/" + dockerScope, Workload: Workload{ContainerID: cid}}
-	if got := r.Lookup(id); got != want || r.Scans() != 2 {
-		t.Fatalf("after MinRescan: %+v after %d walks, want %+v and 2 walks", got, r.Scans(), want)
+	if got := r.Lookup(id); got != want {
+		t.Fatalf("after the walk: %+v, want %+v", got, want)
 	}
 
 	const never = 1 << 62
-	clk.advance(r.MinRescan)
-	for range 3 {
-		if got := r.Lookup(never); got != (Info{ID: never}) {
-			t.Fatalf("unknown id: %+v", got)
-		}
-		clk.advance(r.MinRescan)
+	if got := r.Lookup(never); got != (Info{ID: never}) || !woken(r) {
+		t.Fatalf("unknown id before a walk: %+v", got)
 	}
-	if r.Scans() != 3 {
-		t.Errorf("%d walks, want 3: an id a walk did not find is not walked for again", r.Scans())
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if got := r.Lookup(never); got != (Info{ID: never, Gone: true}) {
+			t.Fatalf("unknown id after a walk: %+v, want it gone", got)
+		}
+		r.EndRound()
+	}
+	if woken(r) {
+		t.Error("an id a walk did not find asked for another walk")
 	}
 }
 
@@ -125,7 +147,10 @@ func TestResolverNewAndUnknown(t *testing.T) {
 // lookup: the map holds the live cgroups and no more.
 func TestResolverGone(t *testing.T) {
 	root := tree(t, service, k8sCgroupfs)
-	r, clk := newTestResolver(root)
+	r := newTestResolver(t, root)
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
+	}
 	gone := idOf(t, root, k8sCgroupfs)
 	r.Lookup(gone)
 	live := r.Len() // root, kubepods, burstable, pod…, the container, system.slice, ssh.service
@@ -136,14 +161,12 @@ func TestResolverGone(t *testing.T) {
 
 	// Made before the removal: ext4 and tmpfs reuse a freed inode number
 	// at once (kernfs never reuses a cgroup id).
-	fresh := mkdir(t, root, dockerScope) // a new cgroup, whose lookup walks again
+	mkdir(t, root, dockerScope)
 	if err := os.Remove(filepath.Join(root, k8sCgroupfs)); err != nil {
 		t.Fatal(err)
 	}
-	clk.advance(r.MinRescan)
-	r.Lookup(fresh)
-	if r.Scans() != 2 {
-		t.Fatalf("%d walks, want 2", r.Scans())
+	if err := r.Scan(); err != nil {
+		t.Fatal(err)
 	}
 	want := Info{ID: gone, Path: "/" + k8sCgroupfs, Gone: true, Workload: Workload{ContainerID: cid, PodUID: uid}}
 	for round := range 3 {
@@ -160,37 +183,60 @@ func TestResolverGone(t *testing.T) {
 	if r.Len() != live {
 		t.Errorf("%d ids after the gone cgroup's last round, want %d", r.Len(), live)
 	}
-	clk.advance(r.MinRescan)
 	if got := r.Lookup(gone); got != (Info{ID: gone}) {
 		t.Errorf("forgotten id: %+v, want the id alone", got)
 	}
 }
 
-// A walk at the end of a round older than Refresh finds removed cgroups
-// even when no new id asks for one.
-func TestResolverRefresh(t *testing.T) {
-	root := tree(t, service, dockerScope)
-	r, clk := newTestResolver(root)
-	id := idOf(t, root, dockerScope)
-	r.Lookup(id)
-	r.EndRound()
-	if err := os.Remove(filepath.Join(root, dockerScope)); err != nil {
+// Unresolved counts, per round, the ids looked up without a path.
+func TestResolverStats(t *testing.T) {
+	root := tree(t, service)
+	r := newTestResolver(t, root)
+	if err := r.Scan(); err != nil {
 		t.Fatal(err)
 	}
-	clk.advance(r.Refresh - time.Nanosecond)
-	r.EndRound()
-	if !r.Has(id) || r.Scans() != 1 {
-		t.Fatalf("before Refresh: has %v after %d walks, want it kept, 1 walk", r.Has(id), r.Scans())
-	}
-	clk.advance(time.Nanosecond)
-	r.Lookup(id) // still in use: kept, and marked gone by the walk below
-	r.EndRound()
-	if got := r.Lookup(id); !got.Gone || got.Path != "/"+dockerScope || r.Scans() != 2 {
-		t.Fatalf("after Refresh: %+v after %d walks, want gone with its path, 2 walks", got, r.Scans())
+	known := idOf(t, root, service)
+	for range 2 {
+		r.Lookup(known)
+		r.Lookup(1 << 60)
+		r.Lookup(1 << 61)
+		r.Lookup(1 << 61) // twice in a round: counted once
 	}
 	r.EndRound()
-	r.EndRound()
-	if r.Has(id) {
-		t.Error("a gone cgroup no longer looked up is still in the map")
+	if got := r.Stats(); got != (Stats{Unresolved: 2}) {
+		t.Errorf("stats %+v, want 2 unresolved", got)
 	}
+	r.Lookup(known)
+	r.EndRound()
+	if got := r.Stats(); got != (Stats{}) {
+		t.Errorf("stats %+v, want none unresolved", got)
+	}
+}
+
+// The background walk of Start resolves a new id without any Lookup
+// waiting for it; Close stops it (twice is fine).
+func TestResolverBackgroundWalk(t *testing.T) {
+	root := tree(t, service)
+	r := NewWalkResolver(root)
+	r.MinRescan = time.Millisecond
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if r.Scans() != 1 {
+		t.Fatalf("%d walks after Start, want 1", r.Scans())
+	}
+	id := mkdir(t, root, dockerScope)
+	if got := r.Lookup(id); got.Path != "" {
+		t.Fatalf("walk mode resolved a new id inside Lookup: %+v", got)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for r.Lookup(id).Path != "/"+dockerScope {
+		if time.Now().After(deadline) {
+			t.Fatalf("the background walk did not resolve %d: %+v after %d walks", id, r.Lookup(id), r.Scans())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	r.Close()
+	r.Close()
 }

@@ -40,3 +40,42 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	}
 	return p, nil
 }
+
+// v4Mapped is where the program keeps IPv4 addresses: every IPv4 socket
+// (and every v4-mapped IPv6 one) is keyed by its ::ffff:a.b.c.d form.
+var v4Mapped = netip.MustParsePrefix("::ffff:0:0/96")
+
+// MaxKernelPrefixes is the most entries KernelPrefixes makes of one
+// prefix: ::/0 without ::ffff:0:0/96 takes 96.
+const MaxKernelPrefixes = 96
+
+// KernelPrefixes returns the entries of the program's LPM filter that
+// make ps mean what it says. The program stores IPv4 addresses v4-mapped,
+// so an IPv6 prefix that covers ::ffff:0:0/96 (::/0, ::/64, …) would also
+// match every IPv4 socket; an IPv6 prefix matches IPv6 sockets only, so
+// such a prefix P is replaced by the prefixes of P minus ::ffff:0:0/96:
+// one for each bit from P's length to 95, the sibling of the path down to
+// ::ffff:0:0/96 (96 - len(P) entries, at most MaxKernelPrefixes). IPv4
+// prefixes, and IPv6 prefixes beside the v4-mapped block, pass unchanged;
+// a v4-mapped prefix (::ffff:10.0.0.0/104) is the IPv4 one, as
+// ParsePrefix gives it.
+func KernelPrefixes(ps []netip.Prefix) []netip.Prefix {
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		a := p.Addr()
+		switch {
+		case a.Is4In6() && p.Bits() >= 96:
+			out = append(out, netip.PrefixFrom(a.Unmap(), p.Bits()-96))
+		case a.Is6() && p.Bits() < 96 && p.Contains(v4Mapped.Addr()):
+			path := v4Mapped.Addr().As16()
+			for b := p.Bits(); b < 96; b++ {
+				sib := path
+				sib[b/8] ^= 0x80 >> (b % 8)
+				out = append(out, netip.PrefixFrom(netip.AddrFrom16(sib), b+1).Masked())
+			}
+		default:
+			out = append(out, p)
+		}
+	}
+	return out
+}

@@ -29,6 +29,8 @@ type TelemetryBuilder struct {
 	mu                      sync.Mutex
 	registrations           []metric.Registration
 	TcprttAttachMode        metric.Int64ObservableGauge
+	TcprttCgroupWalkErrors  metric.Int64ObservableGauge
+	TcprttCgroupsUnresolved metric.Int64ObservableGauge
 	TcprttRunsMissed        metric.Int64ObservableCounter
 	TcprttSamplesErrors     metric.Int64ObservableCounter
 	TcprttSamplesFiltered   metric.Int64ObservableCounter
@@ -55,6 +57,36 @@ func (builder *TelemetryBuilder) RegisterTcprttAttachModeCallback(cb metric.Int6
 		cb(ctx, &observerInt64{inst: builder.TcprttAttachMode, obs: o})
 		return nil
 	}, builder.TcprttAttachMode)
+	if err != nil {
+		return err
+	}
+	builder.mu.Lock()
+	defer builder.mu.Unlock()
+	builder.registrations = append(builder.registrations, reg)
+	return nil
+}
+
+// RegisterTcprttCgroupWalkErrorsCallback sets callback for observable TcprttCgroupWalkErrors metric.
+func (builder *TelemetryBuilder) RegisterTcprttCgroupWalkErrorsCallback(cb metric.Int64Callback) error {
+	reg, err := builder.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		cb(ctx, &observerInt64{inst: builder.TcprttCgroupWalkErrors, obs: o})
+		return nil
+	}, builder.TcprttCgroupWalkErrors)
+	if err != nil {
+		return err
+	}
+	builder.mu.Lock()
+	defer builder.mu.Unlock()
+	builder.registrations = append(builder.registrations, reg)
+	return nil
+}
+
+// RegisterTcprttCgroupsUnresolvedCallback sets callback for observable TcprttCgroupsUnresolved metric.
+func (builder *TelemetryBuilder) RegisterTcprttCgroupsUnresolvedCallback(cb metric.Int64Callback) error {
+	reg, err := builder.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		cb(ctx, &observerInt64{inst: builder.TcprttCgroupsUnresolved, obs: o})
+		return nil
+	}, builder.TcprttCgroupsUnresolved)
 	if err != nil {
 		return err
 	}
@@ -186,6 +218,18 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_tcprtt_attach_mode",
 		metric.WithDescription("Attach flavour of the BPF program in use: always 1, with the flavour in the `attach_mode` attribute. Reported while the receiver is started. [Alpha]"),
 		metric.WithUnit("1"),
+	)
+	errs = errors.Join(errs, err)
+	builder.TcprttCgroupWalkErrors, err = builder.meter.Int64ObservableGauge(
+		"otelcol_tcprtt_cgroup_walk_errors",
+		metric.WithDescription("Directories the last walk of the cgroup v2 hierarchy could not read (with group_by cgroup): the cgroups in and below them get no path. The walk goes on past them; the first walk with such errors is logged. [Alpha]"),
+		metric.WithUnit("{directory}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.TcprttCgroupsUnresolved, err = builder.meter.Int64ObservableGauge(
+		"otelcol_tcprtt_cgroups_unresolved",
+		metric.WithDescription("Cgroups of the last collection's series that have no path (with group_by cgroup), so no container.id or k8s.pod.uid: removed before they could be resolved, outside the mount's view, or (without CAP_DAC_READ_SEARCH) not yet found by the background walk. [Alpha]"),
+		metric.WithUnit("{cgroup}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.TcprttRunsMissed, err = builder.meter.Int64ObservableCounter(

@@ -35,6 +35,34 @@ func AssertEqualTcprttAttachMode(t *testing.T, tt *componenttest.Telemetry, dps 
 	metricdatatest.AssertEqual(t, want, got, opts...)
 }
 
+func AssertEqualTcprttCgroupWalkErrors(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
+	want := metricdata.Metrics{
+		Name:        "otelcol_tcprtt_cgroup_walk_errors",
+		Description: "Directories the last walk of the cgroup v2 hierarchy could not read (with group_by cgroup): the cgroups in and below them get no path. The walk goes on past them; the first walk with such errors is logged. [Alpha]",
+		Unit:        "{directory}",
+		Data: metricdata.Gauge[int64]{
+			DataPoints: dps,
+		},
+	}
+	got, err := tt.GetMetric("otelcol_tcprtt_cgroup_walk_errors")
+	require.NoError(t, err)
+	metricdatatest.AssertEqual(t, want, got, opts...)
+}
+
+func AssertEqualTcprttCgroupsUnresolved(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
+	want := metricdata.Metrics{
+		Name:        "otelcol_tcprtt_cgroups_unresolved",
+		Description: "Cgroups of the last collection's series that have no path (with group_by cgroup), so no container.id or k8s.pod.uid: removed before they could be resolved, outside the mount's view, or (without CAP_DAC_READ_SEARCH) not yet found by the background walk. [Alpha]",
+		Unit:        "{cgroup}",
+		Data: metricdata.Gauge[int64]{
+			DataPoints: dps,
+		},
+	}
+	got, err := tt.GetMetric("otelcol_tcprtt_cgroups_unresolved")
+	require.NoError(t, err)
+	metricdatatest.AssertEqual(t, want, got, opts...)
+}
+
 func AssertEqualTcprttRunsMissed(t *testing.T, tt *componenttest.Telemetry, dps []metricdata.DataPoint[int64], opts ...metricdatatest.Option) {
 	want := metricdata.Metrics{
 		Name:        "otelcol_tcprtt_runs_missed",
