@@ -82,7 +82,7 @@ test:
 	@unformatted=$$(find . -name '*.go' -not -path './build/*' -not -path './.git/*' | xargs gofmt -l); \
 		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) test -race -count=1 $$($(GO) list ./... | grep -v /internal/e2e)
+	$(GO) test -race -count=1 -timeout 40m $$($(GO) list ./... | grep -v /internal/e2e)
 	$(GO) test -short -count=20 -shuffle=on $(PURE_PKGS)
 	# The sweep of every uint32 value through the bucket tables is excluded
 	# under -race (minutes there, ~20 s without).
