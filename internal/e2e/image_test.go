@@ -5,6 +5,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -145,6 +146,7 @@ func runImage(t *testing.T, podman, image, node, config, endpoint string, extra 
 		"--network", "host",
 		"--user", "0:0", "--cap-drop", "all", "--cap-add", "BPF,PERFMON",
 		"--security-opt", "no-new-privileges", "--read-only",
+		"--security-opt", "seccomp=" + bpfSeccompProfile(t),
 		"--volume", dir + ":/etc/otelcol-tcprtt:ro",
 		"--env", "OTLP_ENDPOINT=" + endpoint, "--env", "K8S_NODE_NAME=" + node,
 	}
@@ -163,6 +165,54 @@ func runImage(t *testing.T, podman, image, node, config, endpoint string, extra 
 func (c *container) stop(t *testing.T) {
 	t.Helper()
 	c.col.stop(t)
+}
+
+// defaultSeccomp is podman's default seccomp profile (containers-common).
+const defaultSeccomp = "/usr/share/containers/seccomp.json"
+
+// bpfSeccompProfile writes podman's default seccomp profile with bpf()
+// allowed to a holder of CAP_BPF and perf_event_open() to a holder of
+// CAP_PERFMON, as containerd's and Docker's current default profiles do
+// (the DaemonSet's RuntimeDefault). Debian's podman 4.3 profile allows
+// both only with CAP_SYS_ADMIN: with it the collector fails to load its
+// program (EPERM from bpf(), which it reports as a memlock problem). This
+// is the Localhost profile daemonset.yaml tells such runtimes to use.
+func bpfSeccompProfile(t *testing.T) string {
+	t.Helper()
+	raw, err := os.ReadFile(defaultSeccomp)
+	require.NoError(t, err, "podman's default seccomp profile")
+	var prof map[string]any
+	require.NoError(t, json.Unmarshal(raw, &prof), defaultSeccomp)
+	syscalls, ok := prof["syscalls"].([]any)
+	require.True(t, ok, "%s: no syscalls list", defaultSeccomp)
+	granted := map[string]string{"bpf": "CAP_BPF", "perf_event_open": "CAP_PERFMON"}
+	var out []any
+	for _, sc := range syscalls {
+		rule := sc.(map[string]any)
+		if rule["action"] == "SCMP_ACT_ERRNO" {
+			// The denial for processes without CAP_SYS_ADMIN: keep it for
+			// the other system calls only.
+			var names []any
+			for _, n := range rule["names"].([]any) {
+				if _, ours := granted[n.(string)]; !ours {
+					names = append(names, n)
+				}
+			}
+			if len(names) == 0 {
+				continue
+			}
+			rule["names"] = names
+		}
+		out = append(out, rule)
+	}
+	for name, capability := range granted {
+		out = append(out, map[string]any{"names": []string{name}, "action": "SCMP_ACT_ALLOW",
+			"includes": map[string]any{"caps": []string{capability}}})
+	}
+	prof["syscalls"] = out
+	data, err := json.Marshal(prof)
+	require.NoError(t, err)
+	return writeFileIn(t, t.TempDir(), "seccomp-bpf.json", data, 0o644)
 }
 
 // podCgroup is a kubelet-shaped cgroup (systemd driver, containerd) with
