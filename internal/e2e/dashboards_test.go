@@ -48,7 +48,9 @@ var alertProbes = map[string][]string{
 		`sum by (job, instance) (rate(otelcol_tcprtt_runs_missed_total[10m]))`,
 		`sum by (job, instance) (rate(otelcol_tcprtt_samples_recorded_total[10m]))`,
 	},
-	"TCPRTTExportFailing":   {`sum by (job, instance) (rate(otelcol_exporter_send_failed_metric_points_total[10m]))`},
+	// otelcol_exporter_send_failed_metric_points exists only once a point
+	// failed: the queue part is the one with data in a healthy run.
+	"TCPRTTExportFailing":   {`max by (job, instance) (otelcol_exporter_queue_size / otelcol_exporter_queue_capacity)`},
 	"TCPRTTReceiverStalled": {`sum by (job, instance) (rate(otelcol_tcprtt_samples_recorded_total[10m]))`},
 	"TCPRTTNodeDataAbsent":  {`count by (job, instance) (last_over_time(tcp_rtt_seconds{job="otelcol-tcprtt"}[5m]))`},
 	"TCPRTTAbsent":          {`tcp_rtt_seconds{job="otelcol-tcprtt"}`},

@@ -228,14 +228,17 @@ func newPodCgroup(t *testing.T, root, server string) *podCgroup {
 	hex := randomHexString(t, 32)
 	uid := hex[:8] + "-" + hex[8:12] + "-" + hex[12:16] + "-" + hex[16:20] + "-" + hex[20:]
 	cid := randomHexString(t, 64)
-	rel := "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") +
+	// Under a slice of its own (as kind nests a node's kubepods), so that
+	// nothing here meets another test's cgroups.
+	top := "tcprtt-e2e-" + randomHexString(t, 8) + ".slice"
+	rel := top + "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + strings.ReplaceAll(uid, "-", "_") +
 		".slice/cri-containerd-" + cid + ".scope"
 	p := &podCgroup{uid: uid, cid: cid, rel: "/" + rel, dir: filepath.Join(root, rel), server: server}
 	require.NoError(t, os.MkdirAll(p.dir, 0o755), "create cgroup %s", p.dir)
 	t.Cleanup(func() { // deepest first; the clients have exited
 		for d := p.dir; d != root; d = filepath.Dir(d) {
-			if err := os.Remove(d); err != nil && !strings.Contains(d, "kubepods-besteffort.slice") {
-				t.Logf("remove cgroup %s: %v", d, err)
+			if err := os.Remove(d); err != nil {
+				t.Errorf("remove cgroup %s: %v", d, err)
 			}
 		}
 	})
