@@ -75,7 +75,7 @@ func writeHeatmap(t *testing.T, prom *prometheus, start, end time.Time) {
 	dat := writeFileIn(t, dir, "heatmap.dat", []byte(data.String()), 0o644)
 	script := fmt.Sprintf(`set terminal pngcairo size 900,420 font "sans,10"
 set output %q
-set title "tcp\\_rtt\\_seconds, node-a: %s (one box per native-histogram bucket and second)"
+set title "tcp_rtt_seconds, node-a: %s (one box per native-histogram bucket and second)" noenhanced
 set xlabel "seconds"
 set ylabel "RTT"
 set logscale y
