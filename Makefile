@@ -24,6 +24,11 @@
 #                       `otelcol-tcprtt validate`
 #   make cross          `go build` and test compilation of every package for darwin and windows
 #   make cross-otelcol  ocb builds of otelcol-tcprtt for darwin/arm64 and windows/amd64
+#   make image          multi-arch (IMAGE_PLATFORMS) OCI image of otelcol-tcprtt without Docker:
+#                       build/otelcol-tcprtt.oci.tar (oci-archive) and its layout build/image/oci
+#                       (tools/image; reproducible: SOURCE_DATE_EPOCH, default the last commit's time)
+#   make promtool       install promtool (PROMETHEUS_VERSION) into TCPRTT_CACHE if it is missing
+#   make rules-test     promtool check and unit tests of deploy/prometheus/ (rules and alerts)
 
 # Go toolchain. root's PATH under sudo often lacks /usr/local/go/bin: fall back to it.
 ifeq ($(origin GO),undefined)
@@ -54,6 +59,19 @@ export TCPRTT_CACHE
 PROMETHEUS_VERSION ?= v0.316.0
 PROMETHEUS_DIR     ?= $(TCPRTT_CACHE)/prometheus-$(PROMETHEUS_VERSION)
 PROMETHEUS         ?= $(PROMETHEUS_DIR)/prometheus
+# promtool from the same module version (rule unit tests, rule checks).
+PROMTOOL_DIR       ?= $(TCPRTT_CACHE)/promtool-$(PROMETHEUS_VERSION)
+PROMTOOL           ?= $(PROMTOOL_DIR)/promtool
+
+# make image: the collector cross-built per platform (static, stripped, no
+# build ids or VCS stamps, so the same sources give the same bytes) and
+# packed by tools/image into an OCI layout with one multi-platform index.
+IMAGE_PLATFORMS ?= linux/amd64 linux/arm64
+IMAGE_TAG       ?= 0.0.0-dev
+IMAGE_TARBALL   ?= build/$(OTELCOL_NAME).oci.tar
+IMAGE_LAYOUT    ?= build/image/oci
+# Every timestamp in the image; the last commit's time unless given.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 
 # make cross: platforms, and an optional grep -E pattern of packages to leave out.
 CROSS_PLATFORMS ?= darwin/amd64 darwin/arm64 windows/amd64
@@ -63,7 +81,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus validate-configs cross cross-otelcol test test-schedules test-kernels generate bench bench-variants lint
+.PHONY: otelcol run e2e ocb clean prometheus promtool rules-test image validate-configs cross cross-otelcol test test-schedules test-kernels generate bench bench-variants lint
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -108,6 +126,7 @@ generate:
 STATICCHECK_VERSION ?= v0.7.0
 lint:
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd tools/image && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
 
 # Cost of the program and the receiver (as root): per-event run time side by
 # side with the empty and the reference-style program (bpf/bench.bpf.c) in
@@ -138,8 +157,10 @@ bench-variants:
 	@mkdir -p build
 	bash -o pipefail -c '$(GO) run ./internal/benchtool -sections variants $(BENCH_FLAGS) | tee build/bench-variants.txt'
 
-e2e: otelcol prometheus
+# The image and rule tests run here only (TCPRTT_IMAGE, TCPRTT_PROMTOOL), not in make test.
+e2e: otelcol prometheus promtool image
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
+		TCPRTT_IMAGE=$(CURDIR)/$(IMAGE_TARBALL) TCPRTT_IMAGE_TAG=$(IMAGE_TAG) TCPRTT_PROMTOOL=$(PROMTOOL) \
 		$(GO) test -count=1 -v ./internal/e2e/
 
 # Installed only if missing: `go install` writes the binary last, so an
@@ -149,6 +170,30 @@ prometheus: $(PROMETHEUS)
 $(PROMETHEUS):
 	@echo "building Prometheus $(PROMETHEUS_VERSION) into $(PROMETHEUS_DIR) (about 7-9 minutes cold)"
 	cd / && GOBIN=$(PROMETHEUS_DIR) $(GO) install github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS_VERSION)
+
+promtool: $(PROMTOOL)
+
+$(PROMTOOL):
+	cd / && GOBIN=$(PROMTOOL_DIR) $(GO) install github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS_VERSION)
+
+rules-test: promtool
+	$(PROMTOOL) check rules deploy/prometheus/*.rules.yaml
+	$(PROMTOOL) test rules deploy/prometheus/tests/*.yaml
+
+# ocb generates the collector's main module under $(OTELCOL_DIR) (make
+# otelcol); each platform is a plain cross-build of it. -trimpath,
+# -buildvcs=false and an empty build id keep paths, the checkout's state and
+# the host out of the binary.
+image: otelcol
+	@set -e; args=; for p in $(IMAGE_PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; out=$(CURDIR)/build/image/$$os-$$arch/$(OTELCOL_NAME); \
+		echo "go build GOOS=$$os GOARCH=$$arch -> $$out"; \
+		(cd $(OTELCOL_DIR) && CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -buildvcs=false \
+			-ldflags='-s -w -buildid=' -o $$out .); \
+		args="$$args -binary $$p=$$out"; \
+	done; \
+	cd tools/image && SOURCE_DATE_EPOCH=$(SOURCE_DATE_EPOCH) $(GO) run . $$args -tag $(IMAGE_TAG) \
+		-layout $(CURDIR)/$(IMAGE_LAYOUT) -tarball $(CURDIR)/$(IMAGE_TARBALL)
 
 # Needs no privileges: validate only builds and checks the config.
 validate-configs: otelcol

@@ -438,13 +438,19 @@ func prometheusBinary(t *testing.T) string {
 // feature flags.
 func startPrometheus(t *testing.T, bin string) *prometheus {
 	t.Helper()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	require.NoError(t, os.WriteFile(cfg, []byte(`# Minimal Prometheus config for the tcprtt end-to-end test (generated):
+	return startPrometheusWith(t, bin, `# Minimal Prometheus config for the tcprtt end-to-end test (generated):
 # no scrape jobs; tcp.rtt arrives through the OTLP receiver.
 global:
   evaluation_interval: 1m
-`), 0o600))
+`)
+}
+
+// startPrometheusWith is startPrometheus with the given prometheus.yml.
+func startPrometheusWith(t *testing.T, bin, config string) *prometheus {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "prometheus.yml")
+	require.NoError(t, os.WriteFile(cfg, []byte(config), 0o600))
 
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // the free port can be taken meanwhile
