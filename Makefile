@@ -92,7 +92,7 @@ test: otelcol prometheus kustomize
 	@unformatted=$$(find . -name '*.go' -not -path './build/*' -not -path './.git/*' | xargs gofmt -l); \
 		if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	# TestKubernetesAPIServer (etcd + kube-apiserver) runs in its own target (make e2e-kubernetes).
+	# TestKubernetesAPIServer (etcd + kube-apiserver) runs in make e2e only, so CI runs it once.
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_KUSTOMIZE=$(KUSTOMIZE) \
 		$(GO) test -race -count=1 -skip '^TestKubernetesAPIServer$$' ./...
 	# The sweep of every uint32 value through the bucket tables is excluded
@@ -143,12 +143,10 @@ bench-variants:
 	@mkdir -p build
 	bash -o pipefail -c '$(GO) run ./internal/benchtool -sections variants $(BENCH_FLAGS) | tee build/bench-variants.txt'
 
-# TestKubernetesAPIServer runs in `make e2e-kubernetes` until it has passed against the real
-# kube-apiserver (its build did not finish on the shared machine before the deadline of the
-# branch that added it); then drop the -skip here and the target below.
-e2e: otelcol prometheus kustomize
+e2e: otelcol prometheus kustomize kube-apiserver etcd
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
-		TCPRTT_KUSTOMIZE=$(KUSTOMIZE) $(GO) test -count=1 -v -skip '^TestKubernetesAPIServer$$' ./internal/e2e/
+		TCPRTT_KUSTOMIZE=$(KUSTOMIZE) TCPRTT_KUBE_APISERVER=$(KUBE_APISERVER) TCPRTT_ETCD=$(ETCD) \
+		$(GO) test -count=1 -v ./internal/e2e/
 
 # The shipped Kubernetes manifests applied to a real etcd + kube-apiserver, and the agent's
 # k8sattributes pipeline run against it (as root).

@@ -209,7 +209,7 @@ func (k *kubeAPI) apply(t *testing.T, obj map[string]any, dryRun bool) (int, []b
 func (k *kubeAPI) mustApply(t *testing.T, obj map[string]any) map[string]any {
 	t.Helper()
 	code, body := k.apply(t, obj, false)
-	require.Equal(t, http.StatusOK, code, "apply %s: %s", objectPath(t, obj), body)
+	require.Contains(t, []int{http.StatusOK, http.StatusCreated}, code, "apply %s: %s", objectPath(t, obj), body)
 	var out map[string]any
 	require.NoError(t, json.Unmarshal(body, &out))
 	return out
