@@ -17,11 +17,17 @@
 #                       cloud kernels under qemu (tools/kernels; kernels cached in TCPRTT_CACHE)
 #   make e2e            end-to-end tests (as root): the collector against an in-process OTLP
 #                       endpoint and against a real Prometheus, privileges, config validation;
-#                       builds the collector and, once (~7-9 min cold), Prometheus
+#                       builds the collector and, once, Prometheus (~7-9 min cold) and kustomize
+#   make e2e-kubernetes the Kubernetes manifests applied to a real etcd + kube-apiserver, and the
+#                       agent's k8sattributes pipeline against it (as root); builds kube-apiserver
+#                       once (~17 CPU-min cold) and unpacks Debian's etcd-server into TCPRTT_CACHE
 #   make prometheus     install Prometheus (PROMETHEUS_VERSION) into the cache dir TCPRTT_CACHE
 #                       (default ~/.cache/tcprtt, outside the clone) if it is missing
-#   make validate-configs  every shipped collector config (README, docs/, testdata/, deploy/) passes
-#                       `otelcol-tcprtt validate`
+#   make validate-configs  every shipped collector config (README, docs/, testdata/, deploy/, and
+#                       what every kustomization renders) passes `otelcol-tcprtt validate`
+#   make kustomize      install kustomize (KUSTOMIZE_VERSION) into TCPRTT_CACHE if missing
+#   make kube-apiserver build kube-apiserver (tools/kube-apiserver) into TCPRTT_CACHE once (~17 CPU-min)
+#   make etcd           unpack Debian's etcd-server into TCPRTT_CACHE if missing
 #   make cross          `go build` and test compilation of every package for darwin and windows
 #   make cross-otelcol  ocb builds of otelcol-tcprtt for darwin/arm64 and windows/amd64
 #   make image          multi-arch (IMAGE_PLATFORMS) OCI image of otelcol-tcprtt without Docker:
@@ -55,6 +61,17 @@ SUDO           ?=
 # reuses the machine's). Same default as the tests: $XDG_CACHE_HOME or ~/.cache.
 TCPRTT_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tcprtt
 export TCPRTT_CACHE
+# kube-apiserver (tools/kube-apiserver pins k8s.io/kubernetes and its staging modules) and
+# Debian's etcd for the e2e tests of the Kubernetes manifests and k8sattributes.
+KUBE_VERSION        ?= v1.37.2
+KUBE_APISERVER_DIR  ?= $(TCPRTT_CACHE)/kube-apiserver-$(KUBE_VERSION)
+KUBE_APISERVER      ?= $(KUBE_APISERVER_DIR)/kube-apiserver
+ETCD_DIR            ?= $(TCPRTT_CACHE)/etcd
+ETCD                ?= $(ETCD_DIR)/usr/bin/etcd
+# kustomize, to build every kustomization under deploy/ in the tests.
+KUSTOMIZE_VERSION   ?= v5.7.1
+KUSTOMIZE_DIR       ?= $(TCPRTT_CACHE)/kustomize-$(KUSTOMIZE_VERSION)
+KUSTOMIZE           ?= $(KUSTOMIZE_DIR)/kustomize
 # Prometheus 3 as the e2e backend (module v0.3xx.y = Prometheus 3.xx.y).
 PROMETHEUS_VERSION ?= v0.316.0
 PROMETHEUS_DIR     ?= $(TCPRTT_CACHE)/prometheus-$(PROMETHEUS_VERSION)
@@ -81,7 +98,7 @@ CROSS_OTELCOL_PLATFORMS ?= darwin/arm64 windows/amd64
 
 .DEFAULT_GOAL := otelcol
 
-.PHONY: otelcol run e2e ocb clean prometheus promtool rules-test image validate-configs cross cross-otelcol test test-schedules test-kernels generate bench bench-variants lint
+.PHONY: otelcol run e2e ocb clean prometheus promtool rules-test image validate-configs cross cross-otelcol test test-schedules test-kernels generate bench bench-variants lint kube-apiserver etcd kustomize e2e-kubernetes
 
 # Always hand over to ocb: it regenerates the sources and `go build` is incremental (~seconds warm).
 otelcol: $(OCB)
@@ -157,11 +174,20 @@ bench-variants:
 	@mkdir -p build
 	bash -o pipefail -c '$(GO) run ./internal/benchtool -sections variants $(BENCH_FLAGS) | tee build/bench-variants.txt'
 
-# The image and rule tests run here only (TCPRTT_IMAGE, TCPRTT_PROMTOOL), not in make test.
-e2e: otelcol prometheus promtool image
+# The image and rule tests run here only (TCPRTT_IMAGE, TCPRTT_PROMTOOL), as does the
+# whole e2e package: make test leaves it out, so CI runs it once.
+e2e: otelcol prometheus promtool image kustomize kube-apiserver etcd
 	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_PROMETHEUS=$(PROMETHEUS) TCPRTT_REQUIRE_BPF=1 \
 		TCPRTT_IMAGE=$(CURDIR)/$(IMAGE_TARBALL) TCPRTT_IMAGE_TAG=$(IMAGE_TAG) TCPRTT_PROMTOOL=$(PROMTOOL) \
+		TCPRTT_KUSTOMIZE=$(KUSTOMIZE) TCPRTT_KUBE_APISERVER=$(KUBE_APISERVER) TCPRTT_ETCD=$(ETCD) \
 		$(GO) test -count=1 -v ./internal/e2e/
+
+# The shipped Kubernetes manifests applied to a real etcd + kube-apiserver, and the agent's
+# k8sattributes pipeline run against it (as root).
+e2e-kubernetes: otelcol kustomize kube-apiserver etcd
+	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_REQUIRE_BPF=1 TCPRTT_KUSTOMIZE=$(KUSTOMIZE) \
+		TCPRTT_KUBE_APISERVER=$(KUBE_APISERVER) TCPRTT_ETCD=$(ETCD) \
+		$(GO) test -count=1 -v -run '^TestKubernetesAPIServer$$' ./internal/e2e/
 
 # Installed only if missing: `go install` writes the binary last, so an
 # interrupted build leaves nothing behind.
@@ -196,8 +222,8 @@ image: otelcol
 		-layout $(CURDIR)/$(IMAGE_LAYOUT) -tarball $(CURDIR)/$(IMAGE_TARBALL)
 
 # Needs no privileges: validate only builds and checks the config.
-validate-configs: otelcol
-	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) $(GO) test -count=1 -v -run '^(TestConfigsValidate|TestDeployManifests)$$' ./internal/e2e/
+validate-configs: otelcol kustomize
+	TCPRTT_OTELCOL=$(CURDIR)/$(OTELCOL) TCPRTT_KUSTOMIZE=$(KUSTOMIZE) $(GO) test -count=1 -v -run '^(TestConfigsValidate|TestDeployManifests|TestKustomizations)$$' ./internal/e2e/
 
 # The receiver's factory exists on every platform (Start fails there), so a
 # multi-platform collector build that includes tcprtt must compile. Test files
@@ -228,3 +254,29 @@ $(OCB):
 
 clean:
 	rm -rf $(OTELCOL_DIR) build/cross $(foreach p,$(CROSS_OTELCOL_PLATFORMS),build/$(OTELCOL_NAME)-$(subst /,-,$(p)))
+
+kube-apiserver: $(KUBE_APISERVER)
+
+# ~17 CPU-minutes and 2.4 GB peak cold; the binary is written last (go build -o to a
+# temporary name, then mv), so an interrupted build leaves nothing behind.
+$(KUBE_APISERVER):
+	@echo "building kube-apiserver $(KUBE_VERSION) into $(KUBE_APISERVER_DIR) (about 17 CPU-minutes cold)"
+	mkdir -p $(KUBE_APISERVER_DIR)
+	cd tools/kube-apiserver && CGO_ENABLED=0 $(GO) build -trimpath \
+		-ldflags='-s -w -X k8s.io/component-base/version.gitVersion=$(KUBE_VERSION) -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37' \
+		-o $(KUBE_APISERVER).tmp k8s.io/kubernetes/cmd/kube-apiserver
+	mv $(KUBE_APISERVER).tmp $(KUBE_APISERVER)
+
+kustomize: $(KUSTOMIZE)
+
+$(KUSTOMIZE):
+	cd / && GOBIN=$(KUSTOMIZE_DIR) $(GO) install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION)
+
+etcd: $(ETCD)
+
+# Debian's etcd-server, unpacked (dpkg-deb -x) rather than installed, so no
+# service starts; the tests start it on loopback ports of their own.
+$(ETCD):
+	rm -rf $(ETCD_DIR).tmp && mkdir -p $(ETCD_DIR).tmp
+	cd $(ETCD_DIR).tmp && apt-get download etcd-server && dpkg-deb -x etcd-server_*.deb .
+	rm -rf $(ETCD_DIR) && mv $(ETCD_DIR).tmp $(ETCD_DIR)

@@ -26,8 +26,9 @@ import (
 // complete configs among its ```yaml blocks, and the files under
 // testdata/examples), the debug config, and the deploy configs
 // (deploy/systemd/config.yaml, deploy/gateway/config.yaml and the collector
-// config inside deploy/kubernetes/configmap.yaml). Every one must pass
-// `otelcol-tcprtt validate` (`make validate-configs`).
+// configs inside the ConfigMaps under deploy/kubernetes). Every one must pass
+// `otelcol-tcprtt validate` (`make validate-configs`), and so must every
+// config the kustomizations render (TestKustomizations): none is exempt.
 
 // shippedConfig is one collector config and the environment it expects.
 type shippedConfig struct {
@@ -35,15 +36,7 @@ type shippedConfig struct {
 	text []byte
 	// env holds values the deployment provides (a ConfigMap's other keys).
 	env map[string]string
-	// distribution is another collector distribution the config is for
-	// (ConfigMap annotation distributionAnnotation), "" for otelcol-tcprtt.
-	distribution string
 }
-
-// distributionAnnotation marks a ConfigMap whose collector config is for
-// another distribution (a gateway with contrib processors): otelcol-tcprtt
-// cannot validate it, so only its structure is checked (checkForeign).
-const distributionAnnotation = "tcprtt.dev/collector-distribution"
 
 // configGlobs are the places collector configs live, relative to the root.
 var configGlobs = []string{"testdata/*.yaml", "testdata/examples/*.yaml"}
@@ -61,19 +54,7 @@ func TestConfigsValidate(t *testing.T) {
 	configs := shippedConfigs(t, root)
 
 	for _, c := range configs {
-		if c.distribution != "" {
-			t.Run(c.name+" (structure only: for "+c.distribution+")", func(t *testing.T) { checkForeign(t, c) })
-			continue
-		}
-		t.Run(c.name, func(t *testing.T) {
-			path := writeShipped(t, c)
-			env := validationEnv(c)
-			out, err := validateShipped(bin, path, env)
-			require.NoError(t, err, "otelcol-tcprtt validate --config=%s (env %v):\n%s", c.name, env, out)
-			t.Logf("valid (env %v)", env)
-			checkHostIdentity(t, c)
-			checkOutageSettings(t, c)
-		})
+		t.Run(c.name, func(t *testing.T) { checkShipped(t, bin, c) })
 	}
 
 	// validate must be able to fail, or the checks above prove nothing.
@@ -94,6 +75,19 @@ service:
 		require.Error(t, err, "validate accepted scale 99:\n%s", out)
 		assert.Contains(t, string(out), "scale")
 	})
+}
+
+// checkShipped validates c with the collector and checks that it names its
+// host and rides out outages.
+func checkShipped(t *testing.T, bin string, c shippedConfig) {
+	t.Helper()
+	path := writeShipped(t, c)
+	env := validationEnv(c)
+	out, err := validateShipped(bin, path, env)
+	require.NoError(t, err, "otelcol-tcprtt validate --config=%s (env %v):\n%s", c.name, env, out)
+	t.Logf("valid (env %v)", env)
+	checkHostIdentity(t, c)
+	checkOutageSettings(t, c)
 }
 
 // shippedConfigs finds every collector config of the repository; it fails
@@ -189,9 +183,6 @@ func configsInFile(rel, path string) ([]shippedConfig, error) {
 			out = append(out, shippedConfig{name: rel, text: text})
 		case m["kind"] == "ConfigMap":
 			data, _ := m["data"].(map[string]any)
-			meta, _ := m["metadata"].(map[string]any)
-			annotations, _ := meta["annotations"].(map[string]any)
-			distribution, _ := annotations[distributionAnnotation].(string)
 			env := map[string]string{}
 			var entries []shippedConfig
 			for key, v := range data {
@@ -211,7 +202,6 @@ func configsInFile(rel, path string) ([]shippedConfig, error) {
 			}
 			for i := range entries {
 				entries[i].env = env
-				entries[i].distribution = distribution
 			}
 			sort.Slice(entries, func(i, j int) bool { return entries[i].name < entries[j].name })
 			out = append(out, entries...)
@@ -323,37 +313,6 @@ func checkOutageSettings(t *testing.T, c shippedConfig) {
 		assert.Equal(t, 1, e.Queue.NumConsumers, "exporter %s: sending_queue.num_consumers (in order)", id)
 		t.Logf("exporter %s: retried until delivered, in order, up to %d points queued", id, e.Queue.QueueSize)
 	}
-}
-
-// checkForeign checks what can be checked of a config for another
-// distribution without its binary: every component a pipeline names is
-// configured, and every environment variable it uses comes from its
-// ConfigMap. It is not validated by a collector.
-func checkForeign(t *testing.T, c shippedConfig) {
-	t.Helper()
-	var cfg struct {
-		Receivers, Processors, Exporters map[string]any
-		Service                          struct {
-			Pipelines map[string]struct{ Receivers, Processors, Exporters []string }
-		}
-	}
-	require.NoError(t, yaml.Unmarshal(c.text, &cfg))
-	require.NotEmpty(t, cfg.Service.Pipelines, "no pipeline")
-	for name, pl := range cfg.Service.Pipelines {
-		for kind, ids := range map[string][]string{"receivers": pl.Receivers, "processors": pl.Processors, "exporters": pl.Exporters} {
-			defined := map[string]map[string]any{"receivers": cfg.Receivers, "processors": cfg.Processors, "exporters": cfg.Exporters}[kind]
-			for _, id := range ids {
-				_, ok := defined[id]
-				assert.True(t, ok, "pipeline %s uses %s %q, which is not configured", name, kind, id)
-			}
-		}
-		assert.NotEmpty(t, pl.Receivers, "pipeline %s has no receiver", name)
-		assert.NotEmpty(t, pl.Exporters, "pipeline %s has no exporter", name)
-	}
-	for _, m := range envRef.FindAllSubmatch(c.text, -1) {
-		assert.Contains(t, c.env, string(m[1]), "${env:%s} is not a key of the ConfigMap", m[1])
-	}
-	t.Logf("structure checked; not validated by a collector (%s is not built here)", c.distribution)
 }
 
 func isCollectorConfig(m map[string]any) bool {

@@ -61,14 +61,19 @@ func TestImagePodman(t *testing.T) {
 	for _, c := range shippedConfigs(t, root) {
 		configs[c.name] = c
 	}
-	base := configs["deploy/kubernetes/configmap.yaml#config.yaml"]
+	base := configs["deploy/kubernetes/base/configmap.yaml#config.yaml"]
 	workloads := configs["deploy/kubernetes/workloads/configmap.yaml#config.yaml"]
 	require.NotEmpty(t, base.text, "base ConfigMap config")
 	require.NotEmpty(t, workloads.text, "workloads ConfigMap config")
 
 	a := runImage(t, podman, image, "node-a", string(base.text), sink.url, nil)
-	b := runImage(t, podman, image, "node-b", string(workloads.text), sink.url,
-		[]string{"--volume", cgroupRoot + ":/host/sys/fs/cgroup:ro"})
+	// The agents' k8s_attributes needs an API server (TestKubernetesAPIServer
+	// runs it against one): here the pipeline goes without it, and the
+	// container gets the overlay's extra capability.
+	const withK8s, withoutK8s = "processors: [k8s_attributes, resource, batch]", "processors: [resource, batch]"
+	require.Contains(t, string(workloads.text), withK8s, "the workloads pipeline")
+	b := runImage(t, podman, image, "node-b", strings.Replace(string(workloads.text), withK8s, withoutK8s, 1), sink.url,
+		[]string{"--volume", cgroupRoot + ":/host/sys/fs/cgroup:ro", "--cap-add", "DAC_READ_SEARCH"})
 
 	pods := []*podCgroup{newPodCgroup(t, cgroupRoot, "127.0.0.61"), newPodCgroup(t, cgroupRoot, "127.0.0.62")}
 	trafficStart := time.Now()

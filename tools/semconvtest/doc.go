@@ -1,0 +1,2 @@
+// Package semconvtest is empty: see go.mod for why it exists.
+package semconvtest
