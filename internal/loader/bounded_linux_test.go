@@ -99,15 +99,22 @@ func TestRowOnlyEntriesStayWhileActive(t *testing.T) {
 		if len(got) != 1 || got[0].Total != want {
 			t.Fatalf("read %d: %+v, want one series of %d samples (TCP_INFO)", read, got, want)
 		}
+		// The socket's segments may have moved to another CPU's entry
+		// meanwhile (that one then holds it, and the old one is rightly
+		// idle): at least one entry holds it unmarked.
 		es := cacheEntriesHolding(tr, got[0].Slot)
 		if len(es) == 0 {
 			t.Fatalf("read %d: no cache entry holds the active socket's row", read)
 		}
+		unmarked := 0
 		for _, e := range es {
 			v := atomic.LoadUint32((*uint32)(unsafe.Pointer(&tr.cache[e*kmaps.CacheEntryBytes+kmaps.CacheSlotOffset])))
-			if v&kmaps.CacheSlotDrain != 0 {
-				t.Fatalf("read %d: the active socket's entry %d was marked idle", read, e)
+			if v&kmaps.CacheSlotDrain == 0 {
+				unmarked++
 			}
+		}
+		if unmarked == 0 {
+			t.Fatalf("read %d: every entry holding the active socket (%v) was marked idle", read, es)
 		}
 	}
 }
