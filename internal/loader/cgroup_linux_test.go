@@ -105,8 +105,12 @@ func TestCgroupID(t *testing.T) {
 		for _, mode := range l.modes {
 			t.Run(fmt.Sprintf("%s/%s", l.name, mode), func(t *testing.T) {
 				requireFlavour(t, mode)
+				// Its own addresses only: other packages' kernel tests run at
+				// the same time, and the program sees the whole host.
+				own := []netip.Prefix{netip.MustParsePrefix("127.0.11.20/31")}
 				tr, err := Open(Spec{Mode: mode, GroupBy: kmaps.GroupCgroup | kmaps.GroupLocalPort,
-					Table: table, MaxSeries: 16, HelperReads: types != nil, KernelTypes: types})
+					Table: table, MaxSeries: 64, HelperReads: types != nil, KernelTypes: types,
+					LocalPrefixes: own, RemotePrefixes: own})
 				if err != nil {
 					t.Fatal(err)
 				}
