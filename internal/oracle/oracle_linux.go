@@ -52,6 +52,7 @@ func (c *Counts) Add(o *Counts) {
 // Oracle is one loaded and attached instance of the oracle program.
 type Oracle struct {
 	coll   *ebpf.Collection
+	prog   *ebpf.Program
 	link   link.Link
 	counts *ebpf.Map
 	stats  *ebpf.Map
@@ -121,6 +122,7 @@ func Open(spec loader.Spec, mode loader.Mode, words uint32) (_ *Oracle, err erro
 		return nil, err
 	}
 	prog := coll.Programs[progName]
+	o.prog = prog
 	switch mode {
 	case loader.ModeFentry, loader.ModeTpBtf:
 		o.link, err = link.AttachTracing(link.TracingOptions{Program: prog})
@@ -221,6 +223,17 @@ func (o *Oracle) Counted() (uint64, error) {
 		return 0, fmt.Errorf("oracle: read stats: %w", err)
 	}
 	return n, nil
+}
+
+// Missed returns the runs the kernel skipped because another run of the
+// oracle was in progress on the CPU (recursion_misses): segments it did
+// not see. tcprtt's program is skipped on its own, at other moments.
+func (o *Oracle) Missed() (uint64, error) {
+	st, err := o.prog.Stats()
+	if err != nil {
+		return 0, fmt.Errorf("oracle: program stats: %w", err)
+	}
+	return st.RecursionMisses, nil
 }
 
 // Close detaches the oracle and releases its maps. Safe to call twice.
