@@ -247,6 +247,10 @@ func (r *rig) compare() uint64 {
 	if len(r.dupes) > 0 {
 		r.t.Errorf("%d points exported with attributes another point of the same batch has, first: %s", len(r.dupes), r.dupes[0])
 	}
+	// Where the kernel lets a run start while another is in progress on
+	// the CPU, tcprtt's plain per-CPU adds may lose an increment that the
+	// oracle's atomic ones keep: tcprtt may be short there, never over.
+	unprotected := nestingUnprotected(r.tr.Mode())
 	var gotAll Counts
 	bad := 0
 	for _, a := range slices.Sorted(maps.Keys(got)) {
@@ -258,7 +262,7 @@ func (r *rig) compare() uint64 {
 		if w == nil {
 			w = &Counts{}
 		}
-		if d := diff(w, got[a], r.overflow); d != "" {
+		if d := diff(w, got[a], r.overflow || unprotected); d != "" {
 			bad++
 			r.t.Errorf("series %s: %s%s", a, d, r.runs(a))
 		}
@@ -272,13 +276,40 @@ func (r *rig) compare() uint64 {
 	counted, err := r.or.Counted()
 	require.NoError(r.t, err)
 	require.Equal(r.t, counted, all.Total, "the oracle's map holds every sample it counted")
-	if d := diff(&all, &gotAll, false); d != "" {
+	if d := diff(&all, &gotAll, unprotected); d != "" {
 		r.t.Errorf("all series together: %s", d)
+	}
+	if unprotected && (gotAll.Total != all.Total || gotAll.Sum != all.Sum) {
+		r.t.Logf("%s on this kernel does not prevent nested runs: tcprtt short by %d samples and %d of sum (README, Nesting and missed runs)",
+			r.tr.Mode(), all.Total-gotAll.Total, all.Sum-gotAll.Sum)
 	}
 	r.t.Logf("%s, %s, scale %d, %d reads: %d series, %d samples, sum %d; %d series differ",
 		r.tr.Mode(), r.temp, r.spec.Table.Scale, r.reads, len(want), all.Total, all.Sum, bad)
 	require.Positive(r.t, all.Total, "the scenario made traffic the oracle saw")
 	return all.Total
+}
+
+// nestingUnprotected reports whether this kernel runs a program of mode
+// nested in another run of it on the same CPU (README, "Nesting and missed
+// runs", as checked in the kernel sources): fentry before 5.12, tp_btf
+// and raw_tp before 6.1; the classic tracepoint never does.
+func nestingUnprotected(mode loader.Mode) bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return false
+	}
+	var major, minor int
+	if _, err := fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor); err != nil {
+		return false
+	}
+	before := func(ma, mi int) bool { return major < ma || major == ma && minor < mi }
+	switch mode {
+	case loader.ModeFentry:
+		return before(5, 12)
+	case loader.ModeTpBtf, loader.ModeRawTp:
+		return before(6, 1)
+	}
+	return false
 }
 
 // compareWithMisses: tcprtt short of the oracle by at most the runs
