@@ -12,14 +12,14 @@
 # the matrix's expected ones, or one of them did not pass the TCP_INFO checks.
 #
 # Environment: TCPRTT_CACHE (required; the Makefile sets it), GO, VM_SMP (vCPUs per VM, default 1), JOBS (VMs
-# at once, default 2), VM_TIMEOUT (seconds per VM, default 900), OUT (build
+# at once, default 2), VM_TIMEOUT (seconds per VM, default 1500), OUT (build
 # directory, default build/kernels; serial logs in $OUT/logs).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 here=tools/kernels
 GO=${GO:-go}
 JOBS=${JOBS:-2}
-VM_TIMEOUT=${VM_TIMEOUT:-900}
+VM_TIMEOUT=${VM_TIMEOUT:-1500}
 # One vCPU per VM: with two, TCG does not keep kernel text that one vCPU
 # patches (attaching an fentry program rewrites tcp_rcv_established's call
 # site) coherent on the other, and 6.12 died with "Oops: int3" at
