@@ -110,7 +110,7 @@ run: otelcol
 # Packages whose tests need no kernel: make test also runs them 20 times in
 # a shuffled order (-short: a tenth of the read-path schedules), so that a
 # test that passes by luck of an order fails here.
-PURE_PKGS ?= ./internal/bucket/ ./internal/kmaps/ ./internal/lifecycle/ ./internal/convert/ ./internal/reader/
+PURE_PKGS ?= ./internal/bucket/ ./internal/kmaps/ ./internal/lifecycle/ ./internal/convert/ ./internal/reader/ ./internal/netfilter/
 
 # Every package but the end-to-end one, which make e2e runs (once per CI run).
 test:
