@@ -3,13 +3,13 @@
 package e2e
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -247,31 +247,9 @@ func newPodCgroup(t *testing.T, root, server string) *podCgroup {
 			}
 		}
 	})
-	ln, err := net.Listen("tcp4", net.JoinHostPort(server, "0"))
-	require.NoError(t, err, "listen on %s", server)
-	t.Cleanup(func() { ln.Close() })
-	p.port = ln.Addr().(*net.TCPAddr).Port
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				for {
-					line, err := r.ReadBytes('\n')
-					if err != nil {
-						return
-					}
-					if _, err := c.Write(line); err != nil {
-						return
-					}
-				}
-			}()
-		}
-	}()
+	echo, err := netip.ParseAddrPort(startLineEcho(t, server))
+	require.NoError(t, err)
+	p.port = int(echo.Port())
 	return p
 }
 
