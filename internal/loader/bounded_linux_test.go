@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-	"unsafe"
 
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
@@ -18,16 +17,12 @@ import (
 func cacheEntriesHolding(tr *Tracer, slot uint32) []int {
 	var es []int
 	for e := range len(tr.cache) / kmaps.CacheEntryBytes {
-		v := atomic.LoadUint32((*uint32)(unsafe.Pointer(&tr.cache[e*kmaps.CacheEntryBytes+kmaps.CacheSlotOffset])))
+		v := atomic.LoadUint32(tr.entrySlot(e))
 		if v&^kmaps.CacheSlotDrain == slot && v != kmaps.CacheSlotFree && v != kmaps.CacheSlotFiltered {
 			es = append(es, e)
 		}
 	}
 	return es
-}
-
-func cacheEntrySeq(tr *Tracer, e int) *uint32 {
-	return (*uint32)(unsafe.Pointer(&tr.cache[e*kmaps.CacheEntryBytes+kmaps.CacheSeqOffset]))
 }
 
 // TestReadEndsWhileAnEntryMoves: a program run preempted while it moves
@@ -48,7 +43,7 @@ func TestReadEndsWhileAnEntryMoves(t *testing.T) {
 	if len(es) == 0 {
 		t.Fatal("no cache entry holds the socket's row")
 	}
-	seq := cacheEntrySeq(tr, es[0])
+	seq := tr.entrySeq(es[0])
 	atomic.AddUint32(seq, 1) // odd: a move in progress
 	even := func() { atomic.AddUint32(seq, 1) }
 	c.RoundTrips(t, 5)
@@ -108,7 +103,7 @@ func TestRowOnlyEntriesStayWhileActive(t *testing.T) {
 		}
 		unmarked := 0
 		for _, e := range es {
-			v := atomic.LoadUint32((*uint32)(unsafe.Pointer(&tr.cache[e*kmaps.CacheEntryBytes+kmaps.CacheSlotOffset])))
+			v := atomic.LoadUint32(tr.entrySlot(e))
 			if v&kmaps.CacheSlotDrain == 0 {
 				unmarked++
 			}

@@ -24,9 +24,14 @@ func (t *Tracer) sumWord(cpu int, slot uint32) *uint64 {
 	return (*uint64)(unsafe.Pointer(&t.sums[8*i]))
 }
 
-func (t *Tracer) entryBase(e int) *uint32 {
-	return (*uint32)(unsafe.Pointer(&t.cache[e*kmaps.CacheEntryBytes+kmaps.CacheBaseOffset]))
+// entryWord is the u32 at offset off of cache entry e.
+func (t *Tracer) entryWord(e, off int) *uint32 {
+	return (*uint32)(unsafe.Pointer(&t.cache[e*kmaps.CacheEntryBytes+off]))
 }
+
+func (t *Tracer) entryBase(e int) *uint32 { return t.entryWord(e, kmaps.CacheBaseOffset) }
+func (t *Tracer) entrySlot(e int) *uint32 { return t.entryWord(e, kmaps.CacheSlotOffset) }
+func (t *Tracer) entrySeq(e int) *uint32  { return t.entryWord(e, kmaps.CacheSeqOffset) }
 
 // holders are the cache entries that held slot at the last read.
 func (t *Tracer) holders(slot uint32) []uint32 { return t.reader.Holders(slot) }
