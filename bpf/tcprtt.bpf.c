@@ -348,6 +348,8 @@ int tcprtt_tracepoint(struct trace_event_raw_tcp_probe *ctx)
 	return record((struct sock *)BPF_CORE_READ(ctx, skaddr), false);
 }
 
+#include "retrans.h"
+
 // bucket_selftest maps the raw values of selftest[0] to bucket positions
 // in selftest[1] with the same code the hooks use, so tests can check the kernel's bucket choice
 // against the Go reference for any value (it is run with BPF_PROG_RUN and

@@ -71,32 +71,38 @@ type TcprttSeriesRef struct {
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	TcprttMapAddrFilter        = "addr_filter"
-	TcprttMapCounts            = "counts"
-	TcprttMapCpuSums           = "cpu_sums"
-	TcprttMapFreeSlots         = "free_slots"
-	TcprttMapPortFilter        = "port_filter"
-	TcprttMapSelftest          = "selftest"
-	TcprttMapSeriesIndex       = "series_index"
-	TcprttMapSkCache           = "sk_cache"
-	TcprttMapStats             = "stats"
-	TcprttProgBucketSelftest   = "bucket_selftest"
-	TcprttProgTcprttFentry     = "tcprtt_fentry"
-	TcprttProgTcprttRawTp      = "tcprtt_raw_tp"
-	TcprttProgTcprttTpBtf      = "tcprtt_tp_btf"
-	TcprttProgTcprttTracepoint = "tcprtt_tracepoint"
-	TcprttVarCfgBuckets        = "cfg_buckets"
-	TcprttVarCfgCacheEntries   = "cfg_cache_entries"
-	TcprttVarCfgEntryCounts    = "cfg_entry_counts"
-	TcprttVarCfgFamily         = "cfg_family"
-	TcprttVarCfgFilters        = "cfg_filters"
-	TcprttVarCfgGroupBy        = "cfg_group_by"
-	TcprttVarCfgMaxSeries      = "cfg_max_series"
-	TcprttVarCfgOneCacheEntry  = "cfg_one_cache_entry"
-	TcprttVarCfgRdonlyCast     = "cfg_rdonly_cast"
-	TcprttVarCfgScale          = "cfg_scale"
-	TcprttVarCfgStride         = "cfg_stride"
-	TcprttVarCfgSumStride      = "cfg_sum_stride"
+	TcprttMapAddrFilter         = "addr_filter"
+	TcprttMapCounts             = "counts"
+	TcprttMapCpuSums            = "cpu_sums"
+	TcprttMapFreeSlots          = "free_slots"
+	TcprttMapPortFilter         = "port_filter"
+	TcprttMapRetrans            = "retrans"
+	TcprttMapRetransStats       = "retrans_stats"
+	TcprttMapSelftest           = "selftest"
+	TcprttMapSeriesIndex        = "series_index"
+	TcprttMapSkCache            = "sk_cache"
+	TcprttMapStats              = "stats"
+	TcprttProgBucketSelftest    = "bucket_selftest"
+	TcprttProgRetransRawTp      = "retrans_raw_tp"
+	TcprttProgRetransTpBtf      = "retrans_tp_btf"
+	TcprttProgRetransTracepoint = "retrans_tracepoint"
+	TcprttProgTcprttFentry      = "tcprtt_fentry"
+	TcprttProgTcprttRawTp       = "tcprtt_raw_tp"
+	TcprttProgTcprttTpBtf       = "tcprtt_tp_btf"
+	TcprttProgTcprttTracepoint  = "tcprtt_tracepoint"
+	TcprttVarCfgBuckets         = "cfg_buckets"
+	TcprttVarCfgCacheEntries    = "cfg_cache_entries"
+	TcprttVarCfgEntryCounts     = "cfg_entry_counts"
+	TcprttVarCfgFamily          = "cfg_family"
+	TcprttVarCfgFilters         = "cfg_filters"
+	TcprttVarCfgGroupBy         = "cfg_group_by"
+	TcprttVarCfgMaxSeries       = "cfg_max_series"
+	TcprttVarCfgOneCacheEntry   = "cfg_one_cache_entry"
+	TcprttVarCfgRdonlyCast      = "cfg_rdonly_cast"
+	TcprttVarCfgRtxErrArg       = "cfg_rtx_err_arg"
+	TcprttVarCfgScale           = "cfg_scale"
+	TcprttVarCfgStride          = "cfg_stride"
+	TcprttVarCfgSumStride       = "cfg_sum_stride"
 )
 
 // LoadTcprtt returns the embedded CollectionSpec for Tcprtt.
@@ -141,26 +147,31 @@ type TcprttSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttProgramSpecs struct {
-	BucketSelftest   *ebpf.ProgramSpec `ebpf:"bucket_selftest"`
-	TcprttFentry     *ebpf.ProgramSpec `ebpf:"tcprtt_fentry"`
-	TcprttRawTp      *ebpf.ProgramSpec `ebpf:"tcprtt_raw_tp"`
-	TcprttTpBtf      *ebpf.ProgramSpec `ebpf:"tcprtt_tp_btf"`
-	TcprttTracepoint *ebpf.ProgramSpec `ebpf:"tcprtt_tracepoint"`
+	BucketSelftest    *ebpf.ProgramSpec `ebpf:"bucket_selftest"`
+	RetransRawTp      *ebpf.ProgramSpec `ebpf:"retrans_raw_tp"`
+	RetransTpBtf      *ebpf.ProgramSpec `ebpf:"retrans_tp_btf"`
+	RetransTracepoint *ebpf.ProgramSpec `ebpf:"retrans_tracepoint"`
+	TcprttFentry      *ebpf.ProgramSpec `ebpf:"tcprtt_fentry"`
+	TcprttRawTp       *ebpf.ProgramSpec `ebpf:"tcprtt_raw_tp"`
+	TcprttTpBtf       *ebpf.ProgramSpec `ebpf:"tcprtt_tp_btf"`
+	TcprttTracepoint  *ebpf.ProgramSpec `ebpf:"tcprtt_tracepoint"`
 }
 
 // TcprttMapSpecs contains maps before they are loaded into the kernel.
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type TcprttMapSpecs struct {
-	AddrFilter  *ebpf.MapSpec `ebpf:"addr_filter"`
-	Counts      *ebpf.MapSpec `ebpf:"counts"`
-	CpuSums     *ebpf.MapSpec `ebpf:"cpu_sums"`
-	FreeSlots   *ebpf.MapSpec `ebpf:"free_slots"`
-	PortFilter  *ebpf.MapSpec `ebpf:"port_filter"`
-	Selftest    *ebpf.MapSpec `ebpf:"selftest"`
-	SeriesIndex *ebpf.MapSpec `ebpf:"series_index"`
-	SkCache     *ebpf.MapSpec `ebpf:"sk_cache"`
-	Stats       *ebpf.MapSpec `ebpf:"stats"`
+	AddrFilter   *ebpf.MapSpec `ebpf:"addr_filter"`
+	Counts       *ebpf.MapSpec `ebpf:"counts"`
+	CpuSums      *ebpf.MapSpec `ebpf:"cpu_sums"`
+	FreeSlots    *ebpf.MapSpec `ebpf:"free_slots"`
+	PortFilter   *ebpf.MapSpec `ebpf:"port_filter"`
+	Retrans      *ebpf.MapSpec `ebpf:"retrans"`
+	RetransStats *ebpf.MapSpec `ebpf:"retrans_stats"`
+	Selftest     *ebpf.MapSpec `ebpf:"selftest"`
+	SeriesIndex  *ebpf.MapSpec `ebpf:"series_index"`
+	SkCache      *ebpf.MapSpec `ebpf:"sk_cache"`
+	Stats        *ebpf.MapSpec `ebpf:"stats"`
 }
 
 // TcprttVariableSpecs contains global variables before they are loaded into the kernel.
@@ -176,6 +187,7 @@ type TcprttVariableSpecs struct {
 	CfgMaxSeries     *ebpf.VariableSpec `ebpf:"cfg_max_series"`
 	CfgOneCacheEntry *ebpf.VariableSpec `ebpf:"cfg_one_cache_entry"`
 	CfgRdonlyCast    *ebpf.VariableSpec `ebpf:"cfg_rdonly_cast"`
+	CfgRtxErrArg     *ebpf.VariableSpec `ebpf:"cfg_rtx_err_arg"`
 	CfgScale         *ebpf.VariableSpec `ebpf:"cfg_scale"`
 	CfgStride        *ebpf.VariableSpec `ebpf:"cfg_stride"`
 	CfgSumStride     *ebpf.VariableSpec `ebpf:"cfg_sum_stride"`
@@ -201,15 +213,17 @@ func (o *TcprttObjects) Close() error {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttMaps struct {
-	AddrFilter  *ebpf.Map `ebpf:"addr_filter"`
-	Counts      *ebpf.Map `ebpf:"counts"`
-	CpuSums     *ebpf.Map `ebpf:"cpu_sums"`
-	FreeSlots   *ebpf.Map `ebpf:"free_slots"`
-	PortFilter  *ebpf.Map `ebpf:"port_filter"`
-	Selftest    *ebpf.Map `ebpf:"selftest"`
-	SeriesIndex *ebpf.Map `ebpf:"series_index"`
-	SkCache     *ebpf.Map `ebpf:"sk_cache"`
-	Stats       *ebpf.Map `ebpf:"stats"`
+	AddrFilter   *ebpf.Map `ebpf:"addr_filter"`
+	Counts       *ebpf.Map `ebpf:"counts"`
+	CpuSums      *ebpf.Map `ebpf:"cpu_sums"`
+	FreeSlots    *ebpf.Map `ebpf:"free_slots"`
+	PortFilter   *ebpf.Map `ebpf:"port_filter"`
+	Retrans      *ebpf.Map `ebpf:"retrans"`
+	RetransStats *ebpf.Map `ebpf:"retrans_stats"`
+	Selftest     *ebpf.Map `ebpf:"selftest"`
+	SeriesIndex  *ebpf.Map `ebpf:"series_index"`
+	SkCache      *ebpf.Map `ebpf:"sk_cache"`
+	Stats        *ebpf.Map `ebpf:"stats"`
 }
 
 func (m *TcprttMaps) Close() error {
@@ -219,6 +233,8 @@ func (m *TcprttMaps) Close() error {
 		m.CpuSums,
 		m.FreeSlots,
 		m.PortFilter,
+		m.Retrans,
+		m.RetransStats,
 		m.Selftest,
 		m.SeriesIndex,
 		m.SkCache,
@@ -239,6 +255,7 @@ type TcprttVariables struct {
 	CfgMaxSeries     *ebpf.Variable `ebpf:"cfg_max_series"`
 	CfgOneCacheEntry *ebpf.Variable `ebpf:"cfg_one_cache_entry"`
 	CfgRdonlyCast    *ebpf.Variable `ebpf:"cfg_rdonly_cast"`
+	CfgRtxErrArg     *ebpf.Variable `ebpf:"cfg_rtx_err_arg"`
 	CfgScale         *ebpf.Variable `ebpf:"cfg_scale"`
 	CfgStride        *ebpf.Variable `ebpf:"cfg_stride"`
 	CfgSumStride     *ebpf.Variable `ebpf:"cfg_sum_stride"`
@@ -248,16 +265,22 @@ type TcprttVariables struct {
 //
 // It can be passed to LoadTcprttObjects or ebpf.CollectionSpec.LoadAndAssign.
 type TcprttPrograms struct {
-	BucketSelftest   *ebpf.Program `ebpf:"bucket_selftest"`
-	TcprttFentry     *ebpf.Program `ebpf:"tcprtt_fentry"`
-	TcprttRawTp      *ebpf.Program `ebpf:"tcprtt_raw_tp"`
-	TcprttTpBtf      *ebpf.Program `ebpf:"tcprtt_tp_btf"`
-	TcprttTracepoint *ebpf.Program `ebpf:"tcprtt_tracepoint"`
+	BucketSelftest    *ebpf.Program `ebpf:"bucket_selftest"`
+	RetransRawTp      *ebpf.Program `ebpf:"retrans_raw_tp"`
+	RetransTpBtf      *ebpf.Program `ebpf:"retrans_tp_btf"`
+	RetransTracepoint *ebpf.Program `ebpf:"retrans_tracepoint"`
+	TcprttFentry      *ebpf.Program `ebpf:"tcprtt_fentry"`
+	TcprttRawTp       *ebpf.Program `ebpf:"tcprtt_raw_tp"`
+	TcprttTpBtf       *ebpf.Program `ebpf:"tcprtt_tp_btf"`
+	TcprttTracepoint  *ebpf.Program `ebpf:"tcprtt_tracepoint"`
 }
 
 func (p *TcprttPrograms) Close() error {
 	return _TcprttClose(
 		p.BucketSelftest,
+		p.RetransRawTp,
+		p.RetransTpBtf,
+		p.RetransTracepoint,
 		p.TcprttFentry,
 		p.TcprttRawTp,
 		p.TcprttTpBtf,

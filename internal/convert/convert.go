@@ -57,6 +57,10 @@ type Options struct {
 	// Cgroups names the cgroup ids of the series keys when GroupBy has
 	// kmaps.GroupCgroup (see AppendResources); nil reports ids alone.
 	Cgroups CgroupResolver
+	// NoRTT leaves the tcp.rtt metric out (metrics: tcp.rtt: enabled: false).
+	NoRTT bool
+	// Retransmits adds the tcp.retransmits metric (retrans.go).
+	Retransmits bool
 }
 
 // state is what the converter remembers of a series between calls.
@@ -68,6 +72,8 @@ type state struct {
 
 	// Last exported counts (delta only): a series, to reuse its layout.
 	prev kmaps.Series
+	// Retransmits at the last tcp.retransmits delta point.
+	prevRetrans uint64
 
 	// scale of the last cumulative point: a cumulative series only ever
 	// goes down in scale, as in the SDKs, so a backend sees one
@@ -129,7 +135,7 @@ func (c *Converter) Table() *bucket.Table { return c.opts.Table }
 // on its own.
 func (c *Converter) Append(snap *kmaps.Snapshot, now time.Time, ms pmetric.MetricSlice) {
 	c.round++
-	c.appendMetric(snap.Series, now, ms)
+	c.appendMetrics(snap.Series, now, ms)
 	c.endRound(snap, now)
 }
 
@@ -154,14 +160,11 @@ func (c *Converter) appendMetric(series []kmaps.Series, now time.Time, ms pmetri
 
 	for i := range series {
 		s := &series[i]
-		id := kmaps.RowID{Slot: s.Slot, Generation: s.Generation}
-		st, ok := c.series[id]
-		if !ok || st.key != s.Key {
-			st = c.newState(s, last)
-			c.series[id] = st
-		}
-		st.seen = c.round
+		st := c.stateOf(s, last)
 		if !delta {
+			if s.Total == 0 {
+				continue // a series that only retransmitted: no sample yet
+			}
 			c.appendPoint(dps, st, s, st.start, ts)
 			continue
 		}
@@ -202,6 +205,29 @@ func (c *Converter) endRound(snap *kmaps.Snapshot, now time.Time) {
 		}
 	}
 	c.lastTime = now
+}
+
+// appendMetrics appends the enabled metrics of series to ms.
+func (c *Converter) appendMetrics(series []kmaps.Series, now time.Time, ms pmetric.MetricSlice) {
+	if !c.opts.NoRTT {
+		c.appendMetric(series, now, ms)
+	}
+	if c.opts.Retransmits {
+		c.appendRetransmits(series, now, ms)
+	}
+}
+
+// stateOf returns the state of series s, new (starting at start) if the
+// row's run or its key changed, and marks it seen in this round.
+func (c *Converter) stateOf(s *kmaps.Series, start pcommon.Timestamp) *state {
+	id := kmaps.RowID{Slot: s.Slot, Generation: s.Generation}
+	st, ok := c.series[id]
+	if !ok || st.key != s.Key {
+		st = c.newState(s, start)
+		c.series[id] = st
+	}
+	st.seen = c.round
+	return st
 }
 
 func (c *Converter) newState(s *kmaps.Series, start pcommon.Timestamp) *state {

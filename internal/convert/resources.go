@@ -75,7 +75,7 @@ func (c *Converter) AppendResources(snap *kmaps.Snapshot, now time.Time, rms pme
 		c.setCgroupAttributes(rm.Resource().Attributes(), id)
 		sm := rm.ScopeMetrics().AppendEmpty()
 		scope(sm.Scope())
-		c.appendMetric(c.group, now, sm.Metrics())
+		c.appendMetrics(c.group, now, sm.Metrics())
 		start = end
 	}
 	c.endRound(snap, now)

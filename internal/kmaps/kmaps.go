@@ -215,6 +215,13 @@ type Stats struct {
 	// Expired counts the samples of series removed for idleness (their
 	// final counts), so that totals over all series stay monotonic.
 	Expired uint64
+
+	// The retransmit program's runs, each in one place: it added to a
+	// series (counted), the filters refused the socket, it could not read
+	// or place it (errors, expected 0), the event reported a
+	// retransmission that was not sent (unsent: kernels after 6.12 fire it
+	// on failures too), or the kernel skipped it (missed).
+	RetransCounted, RetransFiltered, RetransErrors, RetransUnsent, RetransMissed uint64
 }
 
 // Series is one row of counts, decoded.
@@ -232,6 +239,9 @@ type Series struct {
 	Buckets []uint64
 	Offset  int
 	Total   uint64 // Zero + Σ Buckets, set by Summarize
+	// Retransmits are the segments the series' sockets retransmitted
+	// (the retransmit program's count for the row; 0 when it is off).
+	Retransmits uint64
 }
 
 // Summarize sets Total and trims Buckets to the non-empty range.
@@ -262,6 +272,7 @@ func (s *Series) Summarize() {
 // range. d keeps its own buckets, reused across calls.
 func (s *Series) Since(prev *Series, d *Series) {
 	d.Zero, d.Sum = s.Zero-prev.Zero, s.Sum-prev.Sum
+	d.Retransmits = s.Retransmits - prev.Retransmits
 	d.Total = d.Zero
 	d.Buckets, d.Offset = d.Buckets[:0], 0
 	first, last := -1, -1
@@ -288,6 +299,7 @@ func (s *Series) Since(prev *Series, d *Series) {
 // own (s.Buckets usually aliases a read buffer that is reused).
 func (s *Series) CopyCounts(dst *Series) {
 	dst.Zero, dst.Sum, dst.Total, dst.Offset = s.Zero, s.Sum, s.Total, s.Offset
+	dst.Retransmits = s.Retransmits
 	dst.Buckets = append(dst.Buckets[:0], s.Buckets...)
 }
 

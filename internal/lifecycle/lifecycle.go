@@ -82,7 +82,8 @@ type retiredRow struct {
 type activity struct {
 	generation uint32
 	count      uint64
-	since      time.Time // last time count changed
+	retrans    uint64    // retransmitted segments: activity too
+	since      time.Time // last time count or retrans changed
 	retiring   bool      // a retiredRow holds the slot until it is released
 }
 
@@ -215,7 +216,7 @@ func (m *Machine) account(r *retiredRow, liveSlot func(kmaps.Key) (uint32, bool)
 		return fmt.Errorf("read expired series row %d: %w", r.slot, err)
 	}
 	m.final.Key, m.final.Slot, m.final.Generation, m.final.Retired = r.key, r.slot, r.generation, true
-	if m.final.Total == r.atRetire.Total {
+	if m.final.Total == r.atRetire.Total && m.final.Retransmits == r.atRetire.Retransmits {
 		m.expired += m.final.Total
 		return nil
 	}
@@ -239,8 +240,8 @@ func (m *Machine) Observe(s *kmaps.Series, now time.Time) error {
 	if a.retiring {
 		return nil // still indexed only because unindexing it failed; FreeRetired retries
 	}
-	if a.since.IsZero() || a.generation != s.Generation || a.count != s.Total {
-		*a = activity{generation: s.Generation, count: s.Total, since: now}
+	if a.since.IsZero() || a.generation != s.Generation || a.count != s.Total || a.retrans != s.Retransmits {
+		*a = activity{generation: s.Generation, count: s.Total, retrans: s.Retransmits, since: now}
 		return nil
 	}
 	if m.idleTimeout <= 0 || now.Sub(a.since) < m.idleTimeout {

@@ -86,7 +86,7 @@ func (f *fakeRows) ReadRow(slot uint32, s *kmaps.Series) error {
 		return err
 	}
 	r := f.row(slot)
-	s.Sum, s.Zero, s.Offset = r.Sum, r.Zero, 0
+	s.Sum, s.Zero, s.Offset, s.Retransmits = r.Sum, r.Zero, 0, r.Retransmits
 	s.Buckets = append(s.Buckets[:0], r.Buckets...)
 	s.Summarize()
 	return nil
@@ -102,9 +102,11 @@ func (f *fakeRows) AddToRow(slot uint32, d *kmaps.Series) error {
 	}
 	r.Zero += d.Zero
 	r.Sum += d.Sum
+	r.Retransmits += d.Retransmits
 	a := f.added[slot]
 	a.Total += d.Total
 	a.Sum += d.Sum
+	a.Retransmits += d.Retransmits
 	f.added[slot] = a
 	return nil
 }

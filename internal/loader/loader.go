@@ -111,6 +111,12 @@ type Spec struct {
 	// Family, if 4 or 6, counts only sockets of that family (a v4-mapped
 	// IPv6 socket is IPv4); 0 counts both.
 	Family uint8
+	// Retransmits attaches the retransmit program too: retransmitted
+	// segments per series (kmaps.Series.Retransmits).
+	Retransmits bool
+	// RetransMode, if set, is the only flavour of the retransmit hook
+	// tried (tests); otherwise RetransOrder.
+	RetransMode Mode
 
 	LocalPorts     []uint16
 	RemotePorts    []uint16

@@ -52,15 +52,23 @@ type Tracer struct {
 	attempts   []Attempt
 	attachedAt time.Time
 
-	coll   *ebpf.Collection
-	prog   *ebpf.Program
-	link   link.Link
-	index  *ebpf.Map
-	free   *ebpf.Map
-	stats  *ebpf.Map
-	counts []byte // the counts array, mmapped
-	sums   []byte // cpu_sums, mmapped: per CPU, one u64 per slot
-	cache  []byte // sk_cache, mmapped
+	coll    *ebpf.Collection
+	prog    *ebpf.Program
+	link    link.Link
+	index   *ebpf.Map
+	free    *ebpf.Map
+	stats   *ebpf.Map
+	counts  []byte // the counts array, mmapped
+	sums    []byte // cpu_sums, mmapped: per CPU, one u64 per slot
+	cache   []byte // sk_cache, mmapped
+	retrans []byte // retrans, mmapped: one u64 per slot
+
+	// The retransmit program (retrans_linux.go), when Spec.Retransmits.
+	retransColl     *ebpf.Collection
+	retransProg     *ebpf.Program
+	retransLink     link.Link
+	retransMode     Mode
+	retransAttempts []Attempt
 
 	entryCounts bool // the program counts in its cache entries (else in the rows only)
 	ncpu        int
@@ -116,7 +124,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	}
 	for name := range cs.Programs {
 		if name != progName {
-			delete(cs.Programs, name)
+			delete(cs.Programs, name) // the retransmit program loads on its own (retrans_linux.go)
 		}
 	}
 	delete(cs.Maps, bpf.TcprttMapSelftest)
@@ -153,7 +161,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	for _, m := range []struct {
 		name string
 		dst  *[]byte
-	}{{bpf.TcprttMapCounts, &t.counts}, {bpf.TcprttMapCpuSums, &t.sums}, {bpf.TcprttMapSkCache, &t.cache}} {
+	}{{bpf.TcprttMapCounts, &t.counts}, {bpf.TcprttMapCpuSums, &t.sums}, {bpf.TcprttMapSkCache, &t.cache}, {bpf.TcprttMapRetrans, &t.retrans}} {
 		if *m.dst, err = mmapArray(coll.Maps[m.name]); err != nil {
 			return nil, fmt.Errorf("%s: %w", m.name, err)
 		}
@@ -161,7 +169,7 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	t.reader = reader.New(reader.Config{
 		Layout: t.layout, IdleTimeout: spec.IdleTimeout, EntryCounts: entryCounts,
 		Now: func() time.Time { return t.now() },
-	}, reader.Memory{Counts: t.counts, Sums: t.sums, Cache: t.cache, CPUs: t.ncpu}, &kernelMaps{t: t})
+	}, reader.Memory{Counts: t.counts, Sums: t.sums, Cache: t.cache, Retrans: t.retrans, CPUs: t.ncpu}, &kernelMaps{t: t})
 	t.attachedAt = time.Now()
 	t.link, err = attach(mode, t.prog)
 	if errors.Is(err, ebpf.ErrNotSupported) {
@@ -169,6 +177,11 @@ func open(spec Spec, mode Mode) (_ *Tracer, err error) {
 	}
 	if err != nil {
 		return nil, fmt.Errorf("attach: %w", err)
+	}
+	if spec.Retransmits {
+		if err := t.openRetrans(); err != nil {
+			return nil, err
+		}
 	}
 	return t, nil
 }
@@ -205,6 +218,7 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	cs.Maps[bpf.TcprttMapSeriesIndex].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapFreeSlots].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapCounts].MaxEntries = uint32(layout.Entries())
+	cs.Maps[bpf.TcprttMapRetrans].MaxEntries = layout.Rows()
 	// The CPU number indexes the per-CPU arrays: size them for every
 	// possible CPU.
 	ncpu := uint32(PossibleCPUs())
@@ -316,12 +330,12 @@ func (t *Tracer) Program() *ebpf.Program { return t.prog }
 // Close detaches the program and releases every kernel object of t. It is
 // safe to call more than once.
 func (t *Tracer) Close() error {
-	var errs []error
+	errs := []error{t.closeRetrans()}
 	if t.link != nil {
 		errs = append(errs, t.link.Close())
 		t.link = nil
 	}
-	for _, b := range []*[]byte{&t.counts, &t.sums, &t.cache} {
+	for _, b := range []*[]byte{&t.counts, &t.sums, &t.cache, &t.retrans} {
 		if *b != nil {
 			errs = append(errs, unix.Munmap(*b))
 			*b = nil

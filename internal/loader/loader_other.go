@@ -31,6 +31,9 @@ func (*Tracer) ReadContext(context.Context, *kmaps.Snapshot, *[]uint64) error {
 }
 func (*Tracer) Close() error { return nil }
 
+func (*Tracer) RetransMode() Mode          { return "" }
+func (*Tracer) RetransAttempts() []Attempt { return nil }
+
 // PossibleCPUs is the number of CPUs per-CPU maps would be sized for.
 func PossibleCPUs() int { return runtime.NumCPU() }
 

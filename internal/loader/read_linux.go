@@ -118,5 +118,8 @@ func (m *kernelMaps) Stats() (kmaps.Stats, error) {
 			*dst += v
 		}
 	}
+	if err := m.t.retransStats(&s.RetransCounted, &s.RetransFiltered, &s.RetransErrors, &s.RetransUnsent, &s.RetransMissed); err != nil {
+		return s, err
+	}
 	return s, nil
 }

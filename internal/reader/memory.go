@@ -15,7 +15,10 @@ type Memory struct {
 	Counts []byte // counts: one row of u64 words per slot (kmaps.Layout)
 	Sums   []byte // cpu_sums: per CPU, one u64 per slot (Layout.SumStride apart)
 	Cache  []byte // sk_cache: kmaps.CacheEntryBytes per entry, every CPU's in turn
-	CPUs   int    // CPUs the sums are kept for
+	// Retrans is the retrans array: one u64 per slot, the segments the
+	// retransmit program counted for the row (nil: no retransmit program).
+	Retrans []byte
+	CPUs    int // CPUs the sums are kept for
 }
 
 // words views an array of u64 values as a slice. The arrays are page
@@ -61,3 +64,20 @@ func (m *Memory) rowSum(l kmaps.Layout, slot uint32) uint64 {
 // entryActivity is the entry's family and misses words as one u32: where
 // the program counts in the rows only, misses counts its samples.
 func (m *Memory) entryActivity(e int) *uint32 { return m.u32(e, kmaps.CacheFamilyOffset) }
+
+// retransWord is slot's retransmit count, nil without a retrans array.
+func (m *Memory) retransWord(slot uint32) *uint64 {
+	w := words(m.Retrans)
+	if uint64(slot) >= uint64(len(w)) {
+		return nil
+	}
+	return &w[slot]
+}
+
+// retransmits reads slot's retransmit count (0 without a retrans array).
+func (m *Memory) retransmits(slot uint32) uint64 {
+	if w := m.retransWord(slot); w != nil {
+		return atomic.LoadUint64(w)
+	}
+	return 0
+}

@@ -172,7 +172,7 @@ func (r *Reader) Read(ctx context.Context, snap *kmaps.Snapshot, rows *[]uint64)
 	}
 	// The overflow row is never reset: one cumulative run.
 	o.Generation = 0
-	if o.Total > 0 {
+	if o.Total > 0 || o.Retransmits > 0 {
 		snap.Series = append(snap.Series, o)
 	}
 	if err := r.machine.ObserveOverflow(o.Total); err != nil {
@@ -212,6 +212,8 @@ func (r *Reader) readRowInto(done func() bool, slot uint32, s *kmaps.Series) err
 		return err
 	}
 	s.Sum = sum
+	// One word the program only adds to: any load is a reading of it.
+	s.Retransmits = r.mem.retransmits(slot)
 	s.CopyCounts(&r.last[slot])
 	return nil
 }

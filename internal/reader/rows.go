@@ -41,6 +41,9 @@ func (x rows) AddToRow(slot uint32, d *kmaps.Series) error {
 		}
 	}
 	r.sumCarry[slot] += d.Sum
+	if w := r.mem.retransWord(slot); w != nil && d.Retransmits > 0 {
+		atomic.AddUint64(w, d.Retransmits)
+	}
 	return nil
 }
 
@@ -51,6 +54,9 @@ func (x rows) ClearRow(slot uint32) error {
 	}
 	for cpu := range r.mem.CPUs {
 		atomic.StoreUint64(r.mem.sumWord(r.layout, cpu, slot), 0)
+	}
+	if w := r.mem.retransWord(slot); w != nil {
+		atomic.StoreUint64(w, 0)
 	}
 	r.sumCarry[slot] = 0
 	r.last[slot] = kmaps.Series{Buckets: r.last[slot].Buckets[:0]}
