@@ -48,6 +48,8 @@ type Config struct {
 	IdleTimeout time.Duration `mapstructure:"idle_timeout"`
 	// AttachMode forces one attach flavour; auto tries them in order.
 	AttachMode string `mapstructure:"attach_mode"`
+	// Metrics switches each metric on or off (metrics_config.go).
+	Metrics MetricsConfig `mapstructure:"metrics"`
 
 	// prevent unkeyed literal initialization
 	_ struct{}
@@ -127,6 +129,7 @@ func createDefaultConfig() *Config {
 		MaxSeries:        defaultMaxSeries,
 		IdleTimeout:      defaultIdleTimeout,
 		AttachMode:       string(defaultAttachMode),
+		Metrics:          defaultMetrics(),
 	}
 }
 
@@ -241,6 +244,7 @@ func (c *Config) Validate() error {
 	if c.InitialDelay < 0 {
 		bad("initial_delay", "%s must not be negative", c.InitialDelay)
 	}
+	errs = append(errs, c.Metrics.validate())
 	return errors.Join(errs...)
 }
 
@@ -337,5 +341,6 @@ func (c *Config) loaderSpec() (loader.Spec, error) {
 	spec.Mode = loader.Mode(c.AttachMode)
 	spec.MaxSeries = uint32(c.MaxSeries)
 	spec.IdleTimeout = c.IdleTimeout
+	spec.Retransmits = c.Metrics.Retransmits.Enabled
 	return spec, nil
 }

@@ -48,6 +48,7 @@ type scrapeTotals struct {
 	recorded, overflowed, filtered uint64
 	errors, missed                 uint64
 	series                         int
+	stats                          kmaps.Stats // the retransmit program's counters among them
 }
 
 func newRTTScraper(cfg *Config, set receiver.Settings) *rttScraper {
@@ -74,8 +75,11 @@ func (s *rttScraper) start(context.Context, component.Host) (err error) {
 		Temporality: convert.Temporality(s.cfg.Temporality),
 		Start:       s.tracer.AttachedAt(),
 		MaxBuckets:  s.cfg.MaxBuckets,
+		NoRTT:       !s.cfg.Metrics.RTT.Enabled,
+		Retransmits: s.cfg.Metrics.Retransmits.Enabled,
 	}
 	fields := []zap.Field{zap.String("attach_mode", string(s.tracer.Mode()))}
+	fields = append(fields, retransLogFields(s.tracer)...)
 	if spec.GroupBy.Has(kmaps.GroupCgroup) {
 		if err := s.startCgroups(); err != nil {
 			return err
@@ -147,6 +151,7 @@ func (s *rttScraper) startTelemetry() error {
 		tb.RegisterTcprttRunsMissedCallback(counter(func(t scrapeTotals) uint64 { return t.missed })),
 		tb.RegisterTcprttSeriesCallback(counter(func(t scrapeTotals) uint64 { return uint64(t.series) })),
 		s.registerCgroupTelemetry(tb),
+		tb.RegisterTcprttRetransmitRunsCallback(s.retransRunsCallback),
 	)
 }
 
@@ -199,7 +204,7 @@ func (s *rttScraper) scrape(ctx context.Context) (pmetric.Metrics, error) {
 	// stay monotonic when series come and go.
 	totals := scrapeTotals{
 		filtered: s.snap.Stats.Filtered, recorded: s.snap.Stats.Expired,
-		errors: s.snap.Stats.Errors, missed: s.snap.Stats.Missed,
+		errors: s.snap.Stats.Errors, missed: s.snap.Stats.Missed, stats: s.snap.Stats,
 	}
 	for i := range s.snap.Series {
 		series := &s.snap.Series[i]

@@ -31,6 +31,7 @@ type TelemetryBuilder struct {
 	TcprttAttachMode        metric.Int64ObservableGauge
 	TcprttCgroupWalkErrors  metric.Int64ObservableGauge
 	TcprttCgroupsUnresolved metric.Int64ObservableGauge
+	TcprttRetransmitRuns    metric.Int64ObservableCounter
 	TcprttRunsMissed        metric.Int64ObservableCounter
 	TcprttSamplesErrors     metric.Int64ObservableCounter
 	TcprttSamplesFiltered   metric.Int64ObservableCounter
@@ -87,6 +88,21 @@ func (builder *TelemetryBuilder) RegisterTcprttCgroupsUnresolvedCallback(cb metr
 		cb(ctx, &observerInt64{inst: builder.TcprttCgroupsUnresolved, obs: o})
 		return nil
 	}, builder.TcprttCgroupsUnresolved)
+	if err != nil {
+		return err
+	}
+	builder.mu.Lock()
+	defer builder.mu.Unlock()
+	builder.registrations = append(builder.registrations, reg)
+	return nil
+}
+
+// RegisterTcprttRetransmitRunsCallback sets callback for observable TcprttRetransmitRuns metric.
+func (builder *TelemetryBuilder) RegisterTcprttRetransmitRunsCallback(cb metric.Int64Callback) error {
+	reg, err := builder.meter.RegisterCallback(func(ctx context.Context, o metric.Observer) error {
+		cb(ctx, &observerInt64{inst: builder.TcprttRetransmitRuns, obs: o})
+		return nil
+	}, builder.TcprttRetransmitRuns)
 	if err != nil {
 		return err
 	}
@@ -230,6 +246,12 @@ func NewTelemetryBuilder(settings component.TelemetrySettings, options ...Teleme
 		"otelcol_tcprtt_cgroups_unresolved",
 		metric.WithDescription("Cgroups of the last collection's series that have no path (with group_by cgroup), so no container.id or k8s.pod.uid: removed before they could be resolved, outside the mount's view, or (without CAP_DAC_READ_SEARCH) not yet found by the background walk. [Alpha]"),
 		metric.WithUnit("{cgroup}"),
+	)
+	errs = errors.Join(errs, err)
+	builder.TcprttRetransmitRuns, err = builder.meter.Int64ObservableCounter(
+		"otelcol_tcprtt_retransmit_runs",
+		metric.WithDescription("Runs of the retransmit program (tcp_retransmit_skb), by where each ended; the outcomes add up to every run (cumulative kernel counters). Absent while tcp.retransmits is disabled. [Alpha]"),
+		metric.WithUnit("{run}"),
 	)
 	errs = errors.Join(errs, err)
 	builder.TcprttRunsMissed, err = builder.meter.Int64ObservableCounter(
