@@ -66,7 +66,7 @@ var flagDefs = []flagDef{
 	{"b", "byladdr", "", "one histogram per local address"},
 	{"B", "byraddr", "", "one histogram per remote address (not with -b)"},
 	{"C", "bycgroup", "", "one histogram per cgroup v2 of the sockets' creators,\nheaded by its path; with -b or -B, one per cgroup\nand address"},
-	{"e", "extension", "", "show the average RTT and the sample count of\neach histogram"},
+	{"e", "extension", "", "show the average RTT, the sample count and the\nretransmitted segments of each histogram"},
 	{"4", "ipv4", "", "IPv4 only (IPv4-mapped IPv6 sockets are IPv4)"},
 	{"6", "ipv6", "", "IPv6 only (not with -4)"},
 	{"v", "verbose", "", "say on stderr which attach flavour is used and\nwhy the ones tried before it were refused"},
@@ -440,6 +440,7 @@ func (o *options) spec() (loader.Spec, error) {
 		// although the program keeps IPv4 addresses v4-mapped.
 		LocalPrefixes:  netfilter.KernelPrefixes(o.localPrefixes),
 		RemotePrefixes: netfilter.KernelPrefixes(o.remotePrefixes),
+		Retransmits:    true, // shown with -e
 	}
 	if o.groupBy != 0 {
 		spec.IdleTimeout = idleTimeout

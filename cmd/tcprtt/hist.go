@@ -23,6 +23,7 @@ type histogram struct {
 	zero     uint64     // samples with srtt exactly 0
 	sum      uint64     // of raw srtt values, in 1/8 µs
 	buckets  []uint64   // by position: bucket index - table.MinIndex
+	retrans  uint64     // segments retransmitted during the interval
 }
 
 func (h *histogram) count() uint64 {
@@ -84,7 +85,7 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 		}
 		p.round = iv.round
 		last := &p.last
-		if s.Total == last.Total {
+		if s.Total == last.Total && s.Retransmits == last.Retransmits {
 			continue // idle (counts only grow): nothing to show, nothing to update
 		}
 
@@ -102,6 +103,7 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 		s.Since(last, d)
 		h.zero += d.Zero
 		h.sum += d.Sum
+		h.retrans += d.Retransmits
 		for i, v := range d.Buckets {
 			h.buckets[d.Offset+i] += v
 		}
@@ -115,7 +117,7 @@ func (iv *intervals) next(snap *kmaps.Snapshot) []*histogram {
 
 	out := make([]*histogram, 0, len(merged))
 	for _, h := range merged {
-		if h.count() > 0 {
+		if h.count() > 0 || h.retrans > 0 {
 			out = append(out, h)
 		}
 	}
@@ -341,7 +343,7 @@ func (r *renderer) write(w io.Writer, h *histogram) error {
 	var b strings.Builder
 	b.WriteString(r.title(h))
 	if r.extended {
-		fmt.Fprintf(&b, " [AVG %.3f %s, COUNT %d]", r.average(h), r.unitName, h.count())
+		fmt.Fprintf(&b, " [AVG %.3f %s, COUNT %d, RETRANS %d]", r.average(h), r.unitName, h.count(), h.retrans)
 	}
 	b.WriteByte('\n')
 

@@ -133,7 +133,7 @@ func render(t *testing.T, r *renderer, stamp string, snaps ...*kmaps.Snapshot) s
 }
 
 var (
-	headerRE = regexp.MustCompile(`^(All Addresses|(?:Cgroup = (?:/\S*|\(id \d+, removed\)|\(unknown\))(?:, )?)?(?:(?:Local|Remote) Address = \S+)?|Other .* limit\))(?: \[AVG ([0-9.]+) \w+, COUNT (\d+)\])?$`)
+	headerRE = regexp.MustCompile(`^(All Addresses|(?:Cgroup = (?:/\S*|\(id \d+, removed\)|\(unknown\))(?:, )?)?(?:(?:Local|Remote) Address = \S+)?|Other .* limit\))(?: \[AVG ([0-9.]+) \w+, COUNT (\d+), RETRANS (\d+)\])?$`)
 	rowRE    = regexp.MustCompile(`^ *([0-9.]+)(?: -> ([0-9.]+))? *: (\d+) +\|([* ]{40})\|$`)
 )
 
