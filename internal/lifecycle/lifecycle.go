@@ -9,6 +9,10 @@
 //
 //	live ──idle for IdleTimeout──▶ retired ──next read──▶ accounted ─▶ cleared ─▶ released (free)
 //
+// A row is idle when neither its samples nor its retransmitted segments
+// changed for IdleTimeout: a series whose sockets only retransmit is
+// active. Late retransmits of a retired row move like late samples.
+//
 // Retiring takes the series' key out of the index (a new socket with that
 // key takes a new row) and invalidates the row for sockets that cached it.
 // A program that picked the row before that may still count into it for a

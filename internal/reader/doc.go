@@ -14,6 +14,11 @@
 //	cpu_sums[cpu]    per slot, the raw srtt sum counted in the row by that CPU.
 //	                 The program adds on its own CPU's line (plain); user
 //	                 space only reads it, and zeroes it in a cleared row.
+//	retrans[slot]    the segments the retransmit program counted for the row.
+//	                 The program adds (atomic); user space reads it with the
+//	                 row (one word: any load is a reading), adds late
+//	                 retransmits of a retired row to the key's new row
+//	                 (atomic), and zeroes it in a cleared row.
 //	sk_cache[entry]  per CPU, a direct-mapped socket cache: identity, slot,
 //	                 window base, eight counts, sum, seq. The program writes
 //	                 an entry it takes (free or filtered ones only), adds to
@@ -48,7 +53,8 @@
 //  3. Finish rows retired at earlier reads (lifecycle.FreeRetired): their
 //     final points, late samples folded into the key's new row.
 //  4. Per indexed series (rows being retired excepted): read its row and
-//     its sum together, then let the lifecycle observe it (it may retire).
+//     its sum together, then its retransmits, then let the lifecycle
+//     observe it (it may retire; retransmits count as activity).
 //  5. Read the overflow row; send overflowed sockets looking for free rows.
 //  6. List the rows retired and not yet released (Snapshot.Pending).
 //  7. Mark idle entries; read the program's counters.
