@@ -87,6 +87,8 @@ func newProgram(layout kmaps.Layout, table *bucket.Table, cpus, perCPU int, entr
 		Sums:   alloc(layout.SumBytes(cpus)),
 		Cache:  alloc(uint64(cpus * perCPU * kmaps.CacheEntryBytes)),
 		CPUs:   cpus,
+		// Retrans: one u64 per row, as the loader sizes it.
+		Retrans: alloc(uint64(layout.Rows()) * 8),
 	}
 	for slot := range layout.MaxSeries {
 		p.free = append(p.free, slot)
