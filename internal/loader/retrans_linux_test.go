@@ -200,17 +200,11 @@ func retransFail() (uint64, error) {
 	return 0, fmt.Errorf("no TcpExt TCPRetransFail in /proc/net/netstat")
 }
 
-// lossyTransfers sends size bytes on each of conns connections from
-// client to server through every 7th data segment dropped,
-// and returns the sum of every socket's tcpi_total_retrans once all data
-// is acknowledged, and the namespace's TCPRetransFail.
-func lossyTransfers(t *testing.T, server, client netip.Addr, conns, size int) (total, fail uint64) {
-	clientSide, serverSide, fail := lossyTransfersBySide(t, server, client, conns, size)
-	return clientSide + serverSide, fail
-}
-
-// lossyTransfersBySide is lossyTransfers with the sums of the client
-// sockets and of the server sockets apart.
+// lossyTransfersBySide sends size bytes on each of conns connections from
+// client to server, with every 7th data segment dropped, and returns the
+// sums of the client sockets' and of the server sockets'
+// tcpi_total_retrans once all data is acknowledged, and the namespace's
+// TCPRetransFail.
 func lossyTransfersBySide(t *testing.T, server, client netip.Addr, conns, size int) (clientSide, serverSide, fail uint64) {
 	t.Helper()
 	dropEveryNth(t, 7)
