@@ -169,6 +169,21 @@ func loopbackUp() error {
 			return fmt.Errorf("add %s to lo: %w", a, errno)
 		}
 	}
+	// An address just added may not be bindable at once (its duplicate
+	// address detection): wait until both are.
+	for _, a := range []netip.Addr{rtxServer6, rtxClient6} {
+		for i := 0; ; i++ {
+			l, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+			if err == nil {
+				l.Close()
+				break
+			}
+			if i == 100 {
+				return fmt.Errorf("%s on lo not usable after 2 s: %w", a, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	return nil
 }
 
@@ -215,7 +230,7 @@ func lossyTransfersBySide(t *testing.T, server, client netip.Addr, conns, size i
 				errs = append(errs, fmt.Errorf("%v", r))
 			}
 		}()
-		ln, err := listenRetry(server)
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
 		if err != nil {
 			errs = append(errs, err)
 			return
@@ -442,16 +457,4 @@ func retransRefusal(err error) (error, bool) {
 		}
 	}
 	return nil, false
-}
-
-// listenRetry listens on server, trying again for a while: an IPv6
-// address just added may not be usable at once.
-func listenRetry(server netip.Addr) (*net.TCPListener, error) {
-	for i := 0; ; i++ {
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
-		if err == nil || i == 50 {
-			return ln, err
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
