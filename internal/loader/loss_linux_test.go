@@ -1,0 +1,205 @@
+//go:build linux
+
+package loader
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"github.com/cilium/ebpf/link"
+	"golang.org/x/sys/unix"
+
+	"github.com/tcprtt/tcprtt/internal/cgroup"
+)
+
+// Real loss for the retransmit tests: a namespace of their own, and a
+// cgroup_skb program dropping data segments on their way into the
+// receiving socket.
+
+// dropEveryNth attaches to the cgroup2 root a cgroup_skb/ingress program
+// that drops every nth packet longer than 256 bytes (data segments, never
+// a SYN or a pure ACK) addressed to 127.77.0.0/16 or fd77::/16 (these
+// tests' own: no other traffic is touched): real loss on the way into the
+// receiving socket, seen by the sender only through missing ACKs, so
+// every retransmission leaves the sending socket and fires the hook.
+func dropEveryNth(t *testing.T, n int32) {
+	t.Helper()
+	root, err := cgroup.FindMount()
+	if err != nil {
+		t.Fatalf("find cgroup2 for the drop program: %v", err)
+	}
+	counter, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		t.Fatalf("create drop counter: %v", err)
+	}
+	t.Cleanup(func() { counter.Close() })
+	const (
+		skbLen      = 0  // __sk_buff.len
+		skbProtocol = 16 // __sk_buff.protocol, network byte order
+	)
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:       ebpf.CGroupSKB,
+		AttachType: ebpf.AttachCGroupInetIngress,
+		License:    "GPL",
+		Instructions: asm.Instructions{
+			asm.Mov.Reg(asm.R6, asm.R1),
+			asm.LoadMem(asm.R0, asm.R6, skbLen, asm.Word),
+			asm.JLT.Imm(asm.R0, 256, "pass"),
+			asm.LoadMem(asm.R0, asm.R6, skbProtocol, asm.Word),
+			asm.Mov.Imm(asm.R2, 16),     // IPv4 destination
+			asm.Mov.Imm(asm.R7, 0x4d7f), // 127.77 as loaded
+			asm.JEq.Imm(asm.R0, 0x0008, "load"),
+			asm.Mov.Imm(asm.R2, 24),     // IPv6 destination
+			asm.Mov.Imm(asm.R7, 0x77fd), // fd77
+			asm.JEq.Imm(asm.R0, 0xdd86, "load"),
+			asm.Ja.Label("pass"),
+			asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("load"),
+			asm.Mov.Reg(asm.R3, asm.RFP),
+			asm.Add.Imm(asm.R3, -8),
+			asm.Mov.Imm(asm.R4, 2),
+			asm.Mov.Imm(asm.R5, 0),
+			asm.StoreMem(asm.RFP, -8, asm.R5, asm.DWord),
+			asm.FnSkbLoadBytes.Call(),
+			asm.JNE.Imm(asm.R0, 0, "pass"),
+			asm.LoadMem(asm.R0, asm.RFP, -8, asm.Half),
+			asm.JNE.Reg(asm.R0, asm.R7, "pass"),
+			asm.Mov.Imm(asm.R5, 0),
+			asm.StoreMem(asm.RFP, -4, asm.R5, asm.Word), // key 0
+			asm.LoadMapPtr(asm.R1, counter.FD()),
+			asm.Mov.Reg(asm.R2, asm.RFP),
+			asm.Add.Imm(asm.R2, -4),
+			asm.FnMapLookupElem.Call(),
+			asm.JEq.Imm(asm.R0, 0, "pass"),
+			asm.LoadMem(asm.R1, asm.R0, 0, asm.DWord),
+			asm.Add.Imm(asm.R1, 1),
+			asm.StoreMem(asm.R0, 0, asm.R1, asm.DWord), // races between CPUs only change which packet drops
+			asm.Mod.Imm(asm.R1, n),
+			asm.JNE.Imm(asm.R1, 0, "pass"),
+			asm.Mov.Imm(asm.R0, 0), // drop
+			asm.Return(),
+			asm.Mov.Imm(asm.R0, 1).WithSymbol("pass"),
+			asm.Return(),
+		},
+	})
+	if err != nil {
+		t.Fatalf("load the drop program: %v", err)
+	}
+	t.Cleanup(func() { prog.Close() })
+	l, err := link.AttachCgroup(link.CgroupOptions{Path: root, Attach: ebpf.AttachCGroupInetIngress, Program: prog})
+	if err != nil {
+		t.Fatalf("attach the drop program to %s: %v", root, err)
+	}
+	t.Cleanup(func() { l.Close() })
+}
+
+// inNetns runs f on a thread moved to a new network namespace whose
+// loopback is up and holds fd77::1 and fd77::2. Sockets f creates stay in
+// that namespace; the thread ends with f's goroutine.
+func inNetns(t *testing.T, f func()) {
+	t.Helper()
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread dies with the goroutine
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare the network namespace: %w", err)
+			return
+		}
+		if err := loopbackUp(); err != nil {
+			errc <- err
+			return
+		}
+		f()
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM, 0)
+	if err != nil {
+		return fmt.Errorf("socket for ioctls: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("read lo flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("set lo up: %w", err)
+	}
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		return err
+	}
+	for _, a := range []netip.Addr{rtxServer6, rtxClient6} {
+		req := struct {
+			addr      [16]byte
+			prefixlen uint32
+			ifindex   int32
+		}{addr: a.As16(), prefixlen: 128, ifindex: int32(lo.Index)}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.SIOCSIFADDR, uintptr(unsafe.Pointer(&req))); errno != 0 {
+			return fmt.Errorf("add %s to lo: %w", a, errno)
+		}
+	}
+	// An address just added may not be bindable at once (its duplicate
+	// address detection): wait until both are.
+	for _, a := range []netip.Addr{rtxServer6, rtxClient6} {
+		for i := 0; ; i++ {
+			l, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
+			if err == nil {
+				l.Close()
+				break
+			}
+			if i == 100 {
+				return fmt.Errorf("%s on lo not usable after 2 s: %w", a, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// retransFail reads TcpExt TCPRetransFail of the calling thread's network
+// namespace: retransmissions the local stack failed to send.
+func retransFail() (uint64, error) {
+	f, err := os.Open("/proc/thread-self/net/netstat")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var names []string
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) == 0 || fields[0] != "TcpExt:" {
+			continue
+		}
+		if names == nil {
+			names = fields
+			continue
+		}
+		for i, n := range names {
+			if n == "TCPRetransFail" && i < len(fields) {
+				return strconv.ParseUint(fields[i], 10, 64)
+			}
+		}
+	}
+	return 0, fmt.Errorf("no TcpExt TCPRetransFail in /proc/net/netstat")
+}
