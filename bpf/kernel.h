@@ -69,6 +69,7 @@ struct sock {
 
 struct tcp_sock {
 	__u32 srtt_us;
+	__u32 total_retrans; // retrans.h
 } __attribute__((preserve_access_index));
 
 // The classic tracepoint's record; only skaddr is used (kernels whose

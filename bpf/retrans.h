@@ -1,15 +1,26 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 //
 // Retransmitted segments per series (part of tcprtt.bpf.c: included after
-// the config, the maps and series.h it uses). The kernel's
-// tcp_retransmit_skb event fires once per retransmission that left TCP
-// (__tcp_retransmit_skb, when tcp_transmit_skb succeeded), with the skb
-// that went out: it counts tcp_skb_pcount(skb) segments, as the kernel
-// adds them to tcp_sock.total_retrans (tcpi_total_retrans) just before
-// (tail loss probes and SYN retransmissions go through the same function
-// and are counted the same way). A retransmission the local stack failed
-// to send (a qdisc that refused it) is in total_retrans and in the
-// TCPRetransFail counter but fires no event: it never left the host.
+// the config, the maps and series.h it uses).
+//
+// What is counted is the socket's own tcp_sock.total_retrans
+// (tcpi_total_retrans), by its growth: each run of the tcp_retransmit_skb
+// event reads total_retrans and adds what it grew by since the run before
+// on the same socket (retrans_seen). The segments of the event's skb are
+// not the count, because the event does not fire for every segment the
+// kernel counts: a retransmission tcp_transmit_skb failed to send is in
+// total_retrans but fires no event up to 6.12, and fires one with err set
+// later, as do attempts refused before they were counted; and the skb the
+// event sees may carry fewer segments than were counted. The growth is
+// exact whatever the event misses, as soon as the socket's next event runs.
+//
+// A socket the program sees for the first time (or again after its entry
+// was evicted) has no previous reading: if its total is at most the
+// event's segments, the total is all its retransmissions and counted whole
+// (every socket that first retransmits while the receiver runs); if it is
+// more, the socket retransmitted before (before the receiver started, or
+// in failed attempts no event showed), and only the event's own segments
+// are counted when it was sent (err 0).
 //
 // The socket's series is resolved as for RTT samples (filters, group_by,
 // cgroup, index, free queue, overflow row), so a series that only
@@ -19,11 +30,10 @@
 #ifndef TCPRTT_RETRANS_H
 #define TCPRTT_RETRANS_H
 
-#define RSTAT_COUNTED 0 // runs that added to a series
+#define RSTAT_COUNTED 0 // runs that added the socket's growth to a series
 #define RSTAT_FILTERED 1
 #define RSTAT_ERRORS 2
-#define RSTAT_UNSENT 3 // the event reported a retransmission that failed (err)
-#define RSTAT_MAX 4
+#define RSTAT_MAX 3
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -32,6 +42,23 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } retrans SEC(".maps");
+
+// The total_retrans each socket had at its last run, by socket address.
+// ports and addr tell a socket from a later one at the same address whose
+// entry outlived the first (an LRU map: nothing deletes on close).
+struct retrans_seen {
+	__u32 total;
+	__u32 ports; // local_port << 16 | remote_port
+	__u32 addr;  // the remote address's last word
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1); // set by the loader (kmaps.RetransSockets; 1 while retransmits are off)
+	__type(key, __u64);
+	__type(value, struct retrans_seen);
+} retrans_seen SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -64,9 +91,8 @@ struct trace_event_raw_tcp_retransmit_skb {
 	int err;
 } __attribute__((preserve_access_index));
 
-// Set by the loader: the event carries err (a third argument), so that
-// the BTF flavours count only retransmissions that went out, as the event
-// meant before it had err.
+// Set by the loader: the event carries err (a third argument, later than
+// 6.12), which tells a first sight's segments were sent.
 const volatile bool cfg_rtx_err_arg = false;
 
 static __always_inline void count_rstat(__u32 which)
@@ -77,23 +103,44 @@ static __always_inline void count_rstat(__u32 which)
 		*v += 1; // per-CPU: no atomic needed
 }
 
-// record_retrans adds the segments of one retransmission of skb by sk to
-// the socket's series.
+// retrans_growth is what sk's total_retrans (now total) grew by since
+// the program's previous run on it, and records total for the next run.
+// The socket's lock is held around the event, so runs on one socket never
+// overlap and the entry needs no atomics.
+static __always_inline __u32 retrans_growth(struct sock *sk, const struct series_key *tuple,
+					    __u32 total, __u16 segs, int err)
+{
+	struct retrans_seen now = {
+		.total = total,
+		.ports = (__u32)tuple->local_port << 16 | tuple->remote_port,
+		.addr = *(const __u32 *)&tuple->remote_addr[12],
+	};
+	__u64 key = (__u64)sk;
+	struct retrans_seen *seen = bpf_map_lookup_elem(&retrans_seen, &key);
+
+	if (seen && seen->ports == now.ports && seen->addr == now.addr && total >= seen->total) {
+		__u32 grown = total - seen->total;
+
+		seen->total = total;
+		return grown;
+	}
+	bpf_map_update_elem(&retrans_seen, &key, &now, BPF_ANY); // if it fails, the next run is a first sight too
+	if (total <= segs)
+		return total;
+	return err ? 0 : segs;
+}
+
+// record_retrans adds sk's retransmitted segments since its previous run
+// to the socket's series.
 static __always_inline int record_retrans(struct sock *sk, struct sk_buff *skb, int err, const bool btf)
 {
 	struct series_key tuple = {};
+	__u32 total = 0, slot, grown;
 	__u16 segs = 0;
-	__u32 slot;
 	__u64 *n;
 
-	if (err) {
-		// Not sent: the kernel counts it in total_retrans only if it
-		// failed in tcp_transmit_skb (and in TCPRetransFail then), and
-		// the event cannot tell which.
-		count_rstat(RSTAT_UNSENT);
-		return 0;
-	}
 	if (!sk || !skb || !read_tuple(sk, btf, &tuple) ||
+	    BPF_CORE_READ_INTO(&total, (struct tcp_sock *)sk, total_retrans) ||
 	    bpf_probe_read_kernel(&segs, sizeof(segs), &skb->cb[TCP_SKB_CB_GSO_SEGS])) {
 		count_rstat(RSTAT_ERRORS);
 		return 0;
@@ -108,7 +155,9 @@ static __always_inline int record_retrans(struct sock *sk, struct sk_buff *skb, 
 		count_rstat(RSTAT_ERRORS);
 		return 0;
 	}
-	__sync_fetch_and_add(n, segs ? segs : 1); // pcount is at least 1 for a sent skb
+	grown = retrans_growth(sk, &tuple, total, segs, err);
+	if (grown)
+		__sync_fetch_and_add(n, grown);
 	count_rstat(RSTAT_COUNTED);
 	return 0;
 }

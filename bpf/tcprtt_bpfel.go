@@ -45,6 +45,14 @@ type TcprttCacheEntry struct {
 	Unused     [4]uint32
 }
 
+type TcprttRetransSeen struct {
+	_     structs.HostLayout
+	Total uint32
+	Ports uint32
+	Addr  uint32
+	Pad   uint32
+}
+
 type TcprttSelftestValues struct {
 	_ structs.HostLayout
 	V [1024]uint32
@@ -77,6 +85,7 @@ const (
 	TcprttMapFreeSlots          = "free_slots"
 	TcprttMapPortFilter         = "port_filter"
 	TcprttMapRetrans            = "retrans"
+	TcprttMapRetransSeen        = "retrans_seen"
 	TcprttMapRetransStats       = "retrans_stats"
 	TcprttMapSelftest           = "selftest"
 	TcprttMapSeriesIndex        = "series_index"
@@ -167,6 +176,7 @@ type TcprttMapSpecs struct {
 	FreeSlots    *ebpf.MapSpec `ebpf:"free_slots"`
 	PortFilter   *ebpf.MapSpec `ebpf:"port_filter"`
 	Retrans      *ebpf.MapSpec `ebpf:"retrans"`
+	RetransSeen  *ebpf.MapSpec `ebpf:"retrans_seen"`
 	RetransStats *ebpf.MapSpec `ebpf:"retrans_stats"`
 	Selftest     *ebpf.MapSpec `ebpf:"selftest"`
 	SeriesIndex  *ebpf.MapSpec `ebpf:"series_index"`
@@ -219,6 +229,7 @@ type TcprttMaps struct {
 	FreeSlots    *ebpf.Map `ebpf:"free_slots"`
 	PortFilter   *ebpf.Map `ebpf:"port_filter"`
 	Retrans      *ebpf.Map `ebpf:"retrans"`
+	RetransSeen  *ebpf.Map `ebpf:"retrans_seen"`
 	RetransStats *ebpf.Map `ebpf:"retrans_stats"`
 	Selftest     *ebpf.Map `ebpf:"selftest"`
 	SeriesIndex  *ebpf.Map `ebpf:"series_index"`
@@ -234,6 +245,7 @@ func (m *TcprttMaps) Close() error {
 		m.FreeSlots,
 		m.PortFilter,
 		m.Retrans,
+		m.RetransSeen,
 		m.RetransStats,
 		m.Selftest,
 		m.SeriesIndex,

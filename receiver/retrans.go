@@ -32,7 +32,6 @@ var retransOutcomes = []struct {
 	{"counted", func(s *kmaps.Stats) uint64 { return s.RetransCounted }},
 	{"filtered", func(s *kmaps.Stats) uint64 { return s.RetransFiltered }},
 	{"errors", func(s *kmaps.Stats) uint64 { return s.RetransErrors }},
-	{"unsent", func(s *kmaps.Stats) uint64 { return s.RetransUnsent }},
 	{"missed", func(s *kmaps.Stats) uint64 { return s.RetransMissed }},
 }
 

@@ -216,13 +216,19 @@ type Stats struct {
 	// final counts), so that totals over all series stay monotonic.
 	Expired uint64
 
-	// The retransmit program's runs, each in one place: it added to a
-	// series (counted), the filters refused the socket, it could not read
-	// or place it (errors, expected 0), the event reported a
-	// retransmission that was not sent (unsent: kernels after 6.12 fire it
-	// on failures too), or the kernel skipped it (missed).
-	RetransCounted, RetransFiltered, RetransErrors, RetransUnsent, RetransMissed uint64
+	// The retransmit program's runs, each in one place: it added the
+	// socket's growth in total_retrans to a series (counted, possibly 0:
+	// an attempt the kernel refused), the filters refused the socket, it
+	// could not read or place it (errors, expected 0), or the kernel
+	// skipped it (missed).
+	RetransCounted, RetransFiltered, RetransErrors, RetransMissed uint64
 }
+
+// RetransSockets is how many sockets the retransmit program remembers the
+// total_retrans of (bpf/retrans.h, an LRU map: about 1 MiB). A socket
+// forgotten while it retransmits counts from its next event's own
+// segments, as a socket first seen.
+const RetransSockets = 16384
 
 // Series is one row of counts, decoded.
 type Series struct {

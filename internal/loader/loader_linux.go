@@ -219,6 +219,10 @@ func configure(cs *ebpf.CollectionSpec, spec *Spec) error {
 	cs.Maps[bpf.TcprttMapFreeSlots].MaxEntries = layout.MaxSeries
 	cs.Maps[bpf.TcprttMapCounts].MaxEntries = uint32(layout.Entries())
 	cs.Maps[bpf.TcprttMapRetrans].MaxEntries = layout.Rows()
+	cs.Maps[bpf.TcprttMapRetransSeen].MaxEntries = 1 // preallocated: only as large as it is used
+	if spec.Retransmits {
+		cs.Maps[bpf.TcprttMapRetransSeen].MaxEntries = kmaps.RetransSockets
+	}
 	// The CPU number indexes the per-CPU arrays: size them for every
 	// possible CPU.
 	ncpu := uint32(PossibleCPUs())

@@ -118,7 +118,7 @@ func (m *kernelMaps) Stats() (kmaps.Stats, error) {
 			*dst += v
 		}
 	}
-	if err := m.t.retransStats(&s.RetransCounted, &s.RetransFiltered, &s.RetransErrors, &s.RetransUnsent, &s.RetransMissed); err != nil {
+	if err := m.t.retransStats(&s.RetransCounted, &s.RetransFiltered, &s.RetransErrors, &s.RetransMissed); err != nil {
 		return s, err
 	}
 	return s, nil

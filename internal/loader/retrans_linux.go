@@ -186,7 +186,7 @@ func (t *Tracer) closeRetrans() error {
 }
 
 // retransStats adds the retransmit program's counters to s.
-func (t *Tracer) retransStats(counted, filtered, errs, unsent, missed *uint64) error {
+func (t *Tracer) retransStats(counted, filtered, errs, missed *uint64) error {
 	if t.retransProg == nil {
 		return nil
 	}
@@ -197,7 +197,7 @@ func (t *Tracer) retransStats(counted, filtered, errs, unsent, missed *uint64) e
 	*missed = ps.RecursionMisses
 	m := t.coll.Maps[bpf.TcprttMapRetransStats]
 	var perCPU []uint64
-	for i, dst := range []*uint64{counted, filtered, errs, unsent} {
+	for i, dst := range []*uint64{counted, filtered, errs} {
 		if err := m.Lookup(uint32(i), &perCPU); err != nil {
 			return fmt.Errorf("read retransmit stats: %w", err)
 		}

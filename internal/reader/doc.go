@@ -18,7 +18,9 @@
 //	                 The program adds (atomic); user space reads it with the
 //	                 row (one word: any load is a reading), adds late
 //	                 retransmits of a retired row to the key's new row
-//	                 (atomic), and zeroes it in a cleared row.
+//	                 (atomic), and zeroes it in a cleared row. What it adds
+//	                 is a socket's growth in total_retrans since its previous
+//	                 run (retrans_seen, a map only the program reads).
 //	sk_cache[entry]  per CPU, a direct-mapped socket cache: identity, slot,
 //	                 window base, eight counts, sum, seq. The program writes
 //	                 an entry it takes (free or filtered ones only), adds to
