@@ -3,11 +3,7 @@
 package loader
 
 import (
-	"fmt"
-	"io"
-	"net"
 	"net/netip"
-	"sync"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -17,138 +13,6 @@ import (
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
-
-// The retransmit tests' addresses, in a network namespace of their own
-// (the program sees every namespace: the filters keep other traffic out).
-var (
-	rtxServer4 = netip.MustParseAddr("127.77.0.1")
-	rtxClient4 = netip.MustParseAddr("127.77.0.2")
-	rtxServer6 = netip.MustParseAddr("fd77::1")
-	rtxClient6 = netip.MustParseAddr("fd77::2")
-	rtxNets    = []netip.Prefix{netip.MustParsePrefix("127.77.0.0/16"), netip.MustParsePrefix("fd77::/16")}
-)
-
-// lossyTransfersBySide sends size bytes on each of conns connections from
-// client to server, with every 7th data segment dropped, and returns the
-// sums of the client sockets' and of the server sockets'
-// tcpi_total_retrans once all data is acknowledged, and the namespace's
-// TCPRetransFail.
-func lossyTransfersBySide(t *testing.T, server, client netip.Addr, conns, size int) (clientSide, serverSide, fail uint64) {
-	t.Helper()
-	dropEveryNth(t, 7)
-	var errs []error
-	inNetns(t, func() {
-		defer func() {
-			if r := recover(); r != nil {
-				errs = append(errs, fmt.Errorf("%v", r))
-			}
-		}()
-		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
-		if err != nil {
-			errs = append(errs, err)
-			return
-		}
-		defer ln.Close()
-		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for range conns {
-			c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			s, err := ln.AcceptTCP()
-			if err != nil {
-				errs = append(errs, err)
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				defer s.Close()
-				err := transfer(c, s, size)
-				mu.Lock()
-				defer mu.Unlock()
-				if err != nil {
-					errs = append(errs, err)
-					return
-				}
-				for _, side := range []struct {
-					conn *net.TCPConn
-					sum  *uint64
-				}{{c, &clientSide}, {s, &serverSide}} {
-					ti, err := tcpInfo(side.conn)
-					if err != nil {
-						errs = append(errs, err)
-						return
-					}
-					*side.sum += uint64(ti.Total_retrans)
-				}
-			}()
-		}
-		wg.Wait()
-		if fail, err = retransFail(); err != nil {
-			errs = append(errs, err)
-		}
-	})
-	for _, err := range errs {
-		t.Error(err)
-	}
-	if len(errs) > 0 {
-		t.FailNow()
-	}
-	return clientSide, serverSide, fail
-}
-
-// transfer sends size bytes from c to s and one byte back, so that when
-// it returns every byte sent either way is acknowledged (nothing left to
-// retransmit while TCP_INFO is read).
-func transfer(c, s *net.TCPConn, size int) error {
-	errc := make(chan error, 1)
-	go func() {
-		if _, err := io.CopyN(io.Discard, s, int64(size)); err != nil {
-			errc <- fmt.Errorf("receive: %w", err)
-			return
-		}
-		_, err := s.Write([]byte{1})
-		errc <- err
-	}()
-	buf := make([]byte, 64<<10)
-	for sent := 0; sent < size; sent += len(buf) {
-		if _, err := c.Write(buf); err != nil {
-			return fmt.Errorf("send: %w", err)
-		}
-	}
-	if err := <-errc; err != nil {
-		return err
-	}
-	var b [1]byte
-	if _, err := io.ReadFull(c, b[:]); err != nil {
-		return fmt.Errorf("read the last byte: %w", err)
-	}
-	// The last byte's ACK: a round trip the server waits for.
-	_, err := c.Write(b[:])
-	if err == nil {
-		_, err = io.ReadFull(s, b[:])
-	}
-	return err
-}
-
-func tcpInfo(c *net.TCPConn) (*unix.TCPInfo, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var ti *unix.TCPInfo
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		ti, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil {
-		return nil, err
-	}
-	return ti, serr
-}
 
 // TestRetransmitsEqualTCPInfo: with real loss (every 7th data segment
 // dropped on its way into the receiving socket), the retransmitted
@@ -171,7 +35,7 @@ func TestRetransmitsEqualTCPInfo(t *testing.T) {
 		t.Run(string(mode), func(t *testing.T) {
 			tr, err := Open(Spec{
 				Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 8,
-				LocalPrefixes: rtxNets, Retransmits: true, RetransMode: mode,
+				LocalPrefixes: testenv.LossNets, Retransmits: true, RetransMode: mode,
 			})
 			if err != nil {
 				if refusal, ok := retransRefusal(err); ok {
@@ -183,8 +47,8 @@ func TestRetransmitsEqualTCPInfo(t *testing.T) {
 			if tr.RetransMode() != mode {
 				t.Fatalf("retransmit hook attached as %q, want %q", tr.RetransMode(), mode)
 			}
-			for _, fam := range []struct{ server, client netip.Addr }{{rtxServer4, rtxClient4}, {rtxServer6, rtxClient6}} {
-				wantC, wantS, fail := lossyTransfersBySide(t, fam.server, fam.client, 4, 4<<20)
+			for _, fam := range []struct{ server, client netip.Addr }{{testenv.LossServer4, testenv.LossClient4}, {testenv.LossServer6, testenv.LossClient6}} {
+				wantC, wantS, fail := testenv.LossyTransfers(t, fam.server, fam.client, 4, 4<<20)
 				want := wantC + wantS
 				var snap kmaps.Snapshot
 				var rows []uint64

@@ -1,16 +1,18 @@
 //go:build linux
 
-package loader
+package testenv
 
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -23,17 +25,17 @@ import (
 	"github.com/tcprtt/tcprtt/internal/cgroup"
 )
 
-// Real loss for the retransmit tests: a namespace of their own, and a
-// cgroup_skb program dropping data segments on their way into the
-// receiving socket.
+// Real loss for the retransmit tests (loader, e2e): a network namespace
+// of their own, and a cgroup_skb program dropping data segments on their
+// way into the receiving socket.
 
-// dropEveryNth attaches to the cgroup2 root a cgroup_skb/ingress program
+// DropEveryNth attaches to the cgroup2 root a cgroup_skb/ingress program
 // that drops every nth packet longer than 256 bytes (data segments, never
 // a SYN or a pure ACK) addressed to 127.77.0.0/16 or fd77::/16 (these
 // tests' own: no other traffic is touched): real loss on the way into the
 // receiving socket, seen by the sender only through missing ACKs, so
 // every retransmission leaves the sending socket and fires the hook.
-func dropEveryNth(t *testing.T, n int32) {
+func DropEveryNth(t testing.TB, n int32) {
 	t.Helper()
 	root, err := cgroup.FindMount()
 	if err != nil {
@@ -103,10 +105,10 @@ func dropEveryNth(t *testing.T, n int32) {
 	t.Cleanup(func() { l.Close() })
 }
 
-// inNetns runs f on a thread moved to a new network namespace whose
+// InLossNetns runs f on a thread moved to a new network namespace whose
 // loopback is up and holds fd77::1 and fd77::2. Sockets f creates stay in
 // that namespace; the thread ends with f's goroutine.
-func inNetns(t *testing.T, f func()) {
+func InLossNetns(t testing.TB, f func()) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() {
@@ -148,7 +150,7 @@ func loopbackUp() error {
 	if err != nil {
 		return err
 	}
-	for _, a := range []netip.Addr{rtxServer6, rtxClient6} {
+	for _, a := range []netip.Addr{LossServer6, LossClient6} {
 		req := struct {
 			addr      [16]byte
 			prefixlen uint32
@@ -160,7 +162,7 @@ func loopbackUp() error {
 	}
 	// An address just added may not be bindable at once (its duplicate
 	// address detection): wait until both are.
-	for _, a := range []netip.Addr{rtxServer6, rtxClient6} {
+	for _, a := range []netip.Addr{LossServer6, LossClient6} {
 		for i := 0; ; i++ {
 			l, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, 0)))
 			if err == nil {
@@ -176,9 +178,9 @@ func loopbackUp() error {
 	return nil
 }
 
-// retransFail reads TcpExt TCPRetransFail of the calling thread's network
+// RetransFail reads TcpExt TCPRetransFail of the calling thread's network
 // namespace: retransmissions the local stack failed to send.
-func retransFail() (uint64, error) {
+func RetransFail() (uint64, error) {
 	f, err := os.Open("/proc/thread-self/net/netstat")
 	if err != nil {
 		return 0, err
@@ -202,4 +204,136 @@ func retransFail() (uint64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no TcpExt TCPRetransFail in /proc/net/netstat")
+}
+
+// The retransmit tests' addresses, in a network namespace of their own
+// (the program sees every namespace: the filters keep other traffic out).
+var (
+	LossServer4 = netip.MustParseAddr("127.77.0.1")
+	LossClient4 = netip.MustParseAddr("127.77.0.2")
+	LossServer6 = netip.MustParseAddr("fd77::1")
+	LossClient6 = netip.MustParseAddr("fd77::2")
+	LossNets    = []netip.Prefix{netip.MustParsePrefix("127.77.0.0/16"), netip.MustParsePrefix("fd77::/16")}
+)
+
+// LossyTransfers sends size bytes on each of conns connections from
+// client to server, with every 7th data segment dropped, and returns the
+// sums of the client sockets' and of the server sockets'
+// tcpi_total_retrans once all data is acknowledged, and the namespace's
+// TCPRetransFail.
+func LossyTransfers(t testing.TB, server, client netip.Addr, conns, size int) (clientSide, serverSide, fail uint64) {
+	t.Helper()
+	DropEveryNth(t, 7)
+	var errs []error
+	InLossNetns(t, func() {
+		defer func() {
+			if r := recover(); r != nil {
+				errs = append(errs, fmt.Errorf("%v", r))
+			}
+		}()
+		ln, err := net.ListenTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(server, 0)))
+		if err != nil {
+			errs = append(errs, err)
+			return
+		}
+		defer ln.Close()
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range conns {
+			c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			s, err := ln.AcceptTCP()
+			if err != nil {
+				errs = append(errs, err)
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				defer s.Close()
+				err := Transfer(c, s, size)
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					errs = append(errs, err)
+					return
+				}
+				for _, side := range []struct {
+					conn *net.TCPConn
+					sum  *uint64
+				}{{c, &clientSide}, {s, &serverSide}} {
+					ti, err := TCPInfo(side.conn)
+					if err != nil {
+						errs = append(errs, err)
+						return
+					}
+					*side.sum += uint64(ti.Total_retrans)
+				}
+			}()
+		}
+		wg.Wait()
+		if fail, err = RetransFail(); err != nil {
+			errs = append(errs, err)
+		}
+	})
+	for _, err := range errs {
+		t.Error(err)
+	}
+	if len(errs) > 0 {
+		t.FailNow()
+	}
+	return clientSide, serverSide, fail
+}
+
+// Transfer sends size bytes from c to s and one byte back, so that when
+// it returns every byte sent either way is acknowledged (nothing left to
+// retransmit while TCP_INFO is read).
+func Transfer(c, s *net.TCPConn, size int) error {
+	errc := make(chan error, 1)
+	go func() {
+		if _, err := io.CopyN(io.Discard, s, int64(size)); err != nil {
+			errc <- fmt.Errorf("receive: %w", err)
+			return
+		}
+		_, err := s.Write([]byte{1})
+		errc <- err
+	}()
+	buf := make([]byte, 64<<10)
+	for sent := 0; sent < size; sent += len(buf) {
+		if _, err := c.Write(buf); err != nil {
+			return fmt.Errorf("send: %w", err)
+		}
+	}
+	if err := <-errc; err != nil {
+		return err
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return fmt.Errorf("read the last byte: %w", err)
+	}
+	// The last byte's ACK: a round trip the server waits for.
+	_, err := c.Write(b[:])
+	if err == nil {
+		_, err = io.ReadFull(s, b[:])
+	}
+	return err
+}
+
+func TCPInfo(c *net.TCPConn) (*unix.TCPInfo, error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var ti *unix.TCPInfo
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		ti, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
+	}); err != nil {
+		return nil, err
+	}
+	return ti, serr
 }
