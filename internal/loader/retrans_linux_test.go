@@ -22,6 +22,7 @@ import (
 func TestRetransmitsEqualTCPInfo(t *testing.T) {
 	testenv.RequireBPF(t)
 	testenv.MountTracefs(t)
+	testenv.LockLossNets(t)
 	table, err := bucket.NewTable(3, bucket.Microseconds)
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -28,6 +29,24 @@ import (
 // Real loss for the retransmit tests (loader, e2e): a network namespace
 // of their own, and a cgroup_skb program dropping data segments on their
 // way into the receiving socket.
+
+// LockLossNets makes t the only user of the loss addresses (LossNets) on
+// this host until it ends, across test processes (go test runs packages
+// in parallel): the addresses are the same in every test's namespace and
+// the programs see every namespace, so a test counting them must not
+// overlap another that makes traffic there. Call it before loading.
+func LockLossNets(t testing.TB) {
+	t.Helper()
+	f, err := os.OpenFile(filepath.Join(os.TempDir(), "tcprtt-loss-nets.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("open the loss addresses' lock: %v", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("lock the loss addresses: %v", err)
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
+}
 
 // DropEveryNth attaches to the cgroup2 root a cgroup_skb/ingress program
 // that drops every nth packet longer than 256 bytes (data segments, never
