@@ -225,10 +225,11 @@ type Stats struct {
 }
 
 // RetransSockets is how many sockets the retransmit program remembers the
-// total_retrans of (bpf/retrans.h, an LRU map: about 1 MiB). A socket
-// forgotten while it retransmits counts from its next event's own
-// segments, as a socket first seen.
-const RetransSockets = 16384
+// total_retrans of (bpf/retrans.h, an LRU map of 88 bytes per socket on
+// 6.18: 352 KiB). Only a socket's consecutive retransmissions need its
+// entry: one evicted between them counts its next event's own segments,
+// as a socket first seen, and misses only what failed to send meanwhile.
+const RetransSockets = 4096
 
 // Series is one row of counts, decoded.
 type Series struct {
