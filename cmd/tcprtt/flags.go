@@ -440,7 +440,7 @@ func (o *options) spec() (loader.Spec, error) {
 		// although the program keeps IPv4 addresses v4-mapped.
 		LocalPrefixes:  netfilter.KernelPrefixes(o.localPrefixes),
 		RemotePrefixes: netfilter.KernelPrefixes(o.remotePrefixes),
-		Retransmits:    true, // shown with -e
+		Retransmits:    o.extended, // shown with -e only: without it, no second program
 	}
 	if o.groupBy != 0 {
 		spec.IdleTimeout = idleTimeout
