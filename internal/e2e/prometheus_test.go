@@ -820,19 +820,27 @@ func quantileBucket(dp pmetric.ExponentialHistogramDataPoint, q float64) histBuc
 }
 
 // neighbourhood is the range histogram_quantile may answer for the bucket b
-// of dp: from the lower bound of the bucket below b to the upper bound of
-// the bucket above (Prometheus interpolates within the bucket it finds, and
-// for q >= 0.5 it counts the rank from the top, which can pick a neighbour
-// when the rank lies exactly on a bucket boundary). Below the zero bucket is
-// nothing; above it, the lowest positive bucket of the point.
+// of dp: from the lower bound of the non-empty bucket below b to the upper
+// bound of the non-empty bucket above (Prometheus interpolates within the
+// bucket it finds, and for q >= 0.5 it counts the rank from the top, which
+// picks the next non-empty bucket when the rank lies exactly on b's upper
+// boundary: in a sparse point, such as one of 46 samples, that bucket can
+// be several indexes away). Below the zero bucket is nothing.
 func neighbourhood(dp pmetric.ExponentialHistogramDataPoint, b histBucket) (lo, hi float64) {
-	if b.zero {
-		if dp.Positive().BucketCounts().Len() == 0 {
-			return 0, 0
+	bs := pointBuckets(dp)
+	lo, hi = b.lower, b.upper
+	for i, x := range bs {
+		if x.zero != b.zero || x.index != b.index {
+			continue
 		}
-		return 0, bucketBound(dp.Scale(), dp.Positive().Offset()+1)
+		if i > 0 {
+			lo = bs[i-1].lower
+		}
+		if i+1 < len(bs) {
+			hi = bs[i+1].upper
+		}
 	}
-	return bucketBound(dp.Scale(), b.index-1), bucketBound(dp.Scale(), b.index+2)
+	return lo, hi
 }
 
 // interpolate estimates the q-quantile of dp the way Prometheus 3 does for
