@@ -208,6 +208,43 @@ func checkShippedQueries(t *testing.T, prom *prometheus, root string) {
 	}
 }
 
+// retransmitPanel is the dashboard's panel of tcp_retransmits_total.
+const retransmitPanel = "Retransmitted segments per peer"
+
+// checkRetransmitPanel runs the retransmit panel's query: each peer of
+// want (segments its sockets retransmitted, from TCP_INFO) has a series,
+// positive where want is, 0 elsewhere (the nodes count the same sockets,
+// so the rates add up over nodes but stay 0 where nothing was lost).
+func checkRetransmitPanel(t *testing.T, prom *prometheus, root string, want map[string]uint64) {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(root, dashboardFile))
+	require.NoError(t, err)
+	var dash dashboard
+	require.NoError(t, json.Unmarshal(raw, &dash), dashboardFile)
+	var exprs []string
+	for _, p := range dash.Panels {
+		if p.Title == retransmitPanel {
+			for _, tg := range p.Targets {
+				exprs = append(exprs, grafanaVars.Replace(tg.Expr))
+			}
+		}
+	}
+	require.Len(t, exprs, 1, "queries of the panel %q in %s", retransmitPanel, dashboardFile)
+	got := queryVector(t, prom, exprs[0])
+	for _, peer := range sortedKeys(want) {
+		r, ok := got[peer]
+		if !assert.True(t, ok, "panel %q: no series for %s: %s", retransmitPanel, peer, exprs[0]) {
+			continue
+		}
+		t.Logf("panel %q: %s %g seg/s (its sockets retransmitted %d segments, TCP_INFO)", retransmitPanel, peer, r, want[peer])
+		if want[peer] > 0 {
+			assert.Positive(t, r, "panel %q for %s", retransmitPanel, peer)
+		} else {
+			assert.Zero(t, r, "panel %q for %s", retransmitPanel, peer)
+		}
+	}
+}
+
 // checkLabelValues checks a dashboard variable's label_values(metric,
 // label) query: the series API must give values.
 func checkLabelValues(t *testing.T, prom *prometheus, label, metric string) {

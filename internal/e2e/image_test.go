@@ -37,7 +37,8 @@ import (
 // an OTLP endpoint in this process, which keeps the exports and forwards
 // them to a real Prometheus loaded with deploy/prometheus/. The test needs
 // tcp.rtt points for each pod's peer from node-a and, from node-b, in a
-// resource with that pod's container.id and k8s.pod.uid; then every
+// resource with that pod's container.id and k8s.pod.uid; then it makes
+// real loss (testenv's loss addresses) for the retransmit panel, and every
 // dashboard panel query and rule expression of deploy/ runs against that
 // Prometheus (dashboards_test.go).
 //
@@ -47,6 +48,9 @@ import (
 func TestImagePodman(t *testing.T) {
 	tarball := imageTarball(t)
 	testenv.RequireBPF(t)
+	// Both nodes count every address, the loss addresses too, from their
+	// start: no other test may lose segments there meanwhile.
+	lockLossNets(t)
 	podman := requireTool(t, "podman")
 	requireTool(t, "runc")
 	root := repoRoot(t)
@@ -101,6 +105,10 @@ func TestImagePodman(t *testing.T) {
 			p.uid, p.cid[:12], p.rel, p.server)
 	}
 
+	// Retransmissions for the dashboard's retransmit panel: one peer's
+	// sockets retransmit, its counter having been 0 in Prometheus before.
+	retrans := runLossTraffic(t, prom, lossFamilies[:1], 1, lossSize)
+
 	// Some more traffic and scrapes, so that every rate window holds
 	// points and the rules have been evaluated on them.
 	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); {
@@ -110,6 +118,7 @@ func TestImagePodman(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	checkShippedQueries(t, prom, root)
+	checkRetransmitPanel(t, prom, root, retrans)
 	writeHeatmap(t, prom, trafficStart, time.Now())
 	t.Run("cgroup mount read-only", func(t *testing.T) { checkCgroupMountReadOnly(t, podman, image, cgroupRoot) })
 

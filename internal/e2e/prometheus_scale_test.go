@@ -35,7 +35,7 @@ func TestPrometheusScale8(t *testing.T) {
 	colBin := collectorBinary(t)
 	prom := startPrometheus(t, promBin)
 	sink, full := newOTLPSink(t), newOTLPSink(t)
-	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url, "    scale: 8\n", full.url)
+	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url, "    scale: 8\n", full.url, []string{promPeerFilter})
 	col := startProcessEnv(t, append(os.Environ(), "HOST_NAME="+promHostName), colBin, "--config="+cfg)
 	col.waitReady(t, readyTimeout)
 
@@ -66,7 +66,7 @@ func TestPrometheusScale8(t *testing.T) {
 			assert.Equal(t, final[peer].Scale(), schema, "%s: schema in Prometheus", peer)
 		}
 	}
-	checkPrometheusQueries(t, prom, final)
+	checkPrometheusQueries(t, prom, final, promPeers)
 	// The quantile's bucket of a bounded point is the coarse bucket that
 	// holds the quantile's bucket at scale 8: downscaling moved no sample.
 	for _, peer := range sortedKeys(final) {

@@ -34,7 +34,9 @@ import (
 // OTLP/HTTP to Prometheus' OTLP receiver, which stores it as the native
 // histogram tcp_rtt_seconds. The same export also goes to the in-process sink
 // of e2e_test.go, so the test knows the receiver's own data points and can
-// hold Prometheus' answers against them.
+// hold Prometheus' answers against them. The same run measures testenv's
+// loss addresses under real loss, for tcp.retransmits
+// (prometheus_retrans_test.go).
 const (
 	// PrometheusVersion is the Prometheus module version `make prometheus`
 	// installs (Go module versions v0.3xx.y are Prometheus 3.xx.y).
@@ -103,16 +105,21 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 	}
 	testenv.RequireBPF(t)
 
+	// The collector counts the loss addresses too (prometheus_retrans_test.go).
+	lockLossNets(t)
+
 	promBin := prometheusBinary(t)
 	colBin := collectorBinary(t)
 	prom := startPrometheus(t, promBin)
 	sink := newOTLPSink(t)
-	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url, "", "")
+	cfg := writePrometheusConfig(t, prom.url+"/api/v1/otlp", sink.url, "", "", append([]string{promPeerFilter}, lossFilter()...))
 	col := startProcessEnv(t, append(os.Environ(), "HOST_NAME="+promHostName), colBin, "--config="+cfg)
 	col.waitReady(t, readyTimeout)
 
+	retrans := runLossTraffic(t, prom, lossFamilies, lossConns, lossSize)
 	closed := runPrometheusTraffic(t)
-	final := waitFinalPoints(t, sink, col, closed)
+	peers := mergePeers(promPeers, lossPeers)
+	final := waitStablePoints(t, sink, col, closed, peers)
 	require.NoError(t, sink.err(), "OTLP endpoint")
 
 	// Prometheus gets the same exports; wait until it holds the final counts.
@@ -120,7 +127,8 @@ func TestPrometheusNativeHistogram(t *testing.T) {
 
 	checkPrometheusSeries(t, series, final)
 	checkTargetInfo(t, prom)
-	checkPrometheusQueries(t, prom, final)
+	checkPrometheusQueries(t, prom, final, peers)
+	checkPrometheusRetransmits(t, prom, sink, closed, peers, retrans)
 
 	col.stop(t)
 	require.NoError(t, sink.err(), "OTLP endpoint")
@@ -149,8 +157,9 @@ func runPrometheusTraffic(t *testing.T) (closed time.Time) {
 
 // checkPrometheusQueries holds PromQL's histogram_count, histogram_sum and
 // histogram_quantile of every peer against the receiver's final point, and
-// checks that docs/prometheus.md's queries give one finite result per peer.
-func checkPrometheusQueries(t *testing.T, prom *prometheus, final map[string]pmetric.ExponentialHistogramDataPoint) {
+// checks that docs/prometheus.md's queries give one finite result per peer
+// (about describes them, for the log).
+func checkPrometheusQueries(t *testing.T, prom *prometheus, final map[string]pmetric.ExponentialHistogramDataPoint, about map[string]string) {
 	t.Helper()
 	counts := queryVector(t, prom, "histogram_count("+promMetric+")")
 	sums := queryVector(t, prom, "histogram_sum("+promMetric+")")
@@ -170,7 +179,7 @@ func checkPrometheusQueries(t *testing.T, prom *prometheus, final map[string]pme
 		assert.Equal(t, float64(dp.Count()), counts[peer], "histogram_count for peer %s", peer)
 		assert.InEpsilon(t, dp.Sum(), sums[peer], 1e-9, "histogram_sum for peer %s", peer)
 		t.Logf("peer %s (%s): receiver count=%d sum=%gs mean=%s | PromQL histogram_count=%g histogram_sum=%gs",
-			peer, promPeers[peer], dp.Count(), dp.Sum(), fmtSeconds(dp.Sum()/float64(dp.Count())), counts[peer], sums[peer])
+			peer, about[peer], dp.Count(), dp.Sum(), fmtSeconds(dp.Sum()/float64(dp.Count())), counts[peer], sums[peer])
 		for _, q := range promQuantiles {
 			got, ok := quantiles[q][peer]
 			if !assert.True(t, ok, "histogram_quantile(%g) has no result for peer %s", q, peer) {
@@ -202,8 +211,9 @@ func checkPrometheusQueries(t *testing.T, prom *prometheus, final map[string]pme
 // is /api/v1/otlp. receiverKeys are added to the receiver's keys (each
 // line indented by four spaces). With fullSinkEndpoint, a second receiver
 // tcprtt/full with the same keys and max_buckets: 8193 (never downscaled)
-// exports to that endpoint only, through a pipeline of its own.
-func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint, receiverKeys, fullSinkEndpoint string) string {
+// exports to that endpoint only, through a pipeline of its own. nets are
+// the local and remote address filters.
+func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint, receiverKeys, fullSinkEndpoint string, nets []string) string {
 	t.Helper()
 	receiver := fmt.Sprintf(`    collection_interval: 1s
     initial_delay: 0s
@@ -211,7 +221,7 @@ func writePrometheusConfig(t *testing.T, promEndpoint, sinkEndpoint, receiverKey
     filter:
       local_addresses: [%[1]s]
       remote_addresses: [%[1]s]
-%[2]s`, promPeerFilter, receiverKeys)
+%[2]s`, strings.Join(nets, ", "), receiverKeys)
 	var fullReceiver, fullExporter, fullPipeline string
 	if fullSinkEndpoint != "" {
 		fullReceiver = "  tcprtt/full:\n" + receiver + "    max_buckets: 8193\n"
@@ -445,8 +455,9 @@ global:
 `)
 }
 
-// startPrometheusWith is startPrometheus with the given prometheus.yml.
-func startPrometheusWith(t *testing.T, bin, config string) *prometheus {
+// startPrometheusWith is startPrometheus with the given prometheus.yml and
+// extra command-line flags.
+func startPrometheusWith(t *testing.T, bin, config string, flags ...string) *prometheus {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "prometheus.yml")
@@ -461,6 +472,7 @@ func startPrometheusWith(t *testing.T, bin, config string) *prometheus {
 			"--web.listen-address=" + addr,
 			"--web.enable-otlp-receiver",
 		}
+		args = append(args, flags...)
 		p := &prometheus{url: "http://" + addr, proc: startProcess(t, bin, args...), bin: bin, args: args}
 		if lastErr = p.waitReady(promReadyTimeout); lastErr == nil {
 			t.Logf("Prometheus %s ready at %s", prometheusVersion, p.url)
@@ -663,7 +675,7 @@ func checkPrometheusSeries(t *testing.T, series []promSample, final map[string]p
 		byPeer[peer]++
 		t.Logf("Prometheus series %s", fmtLabels(s.Metric))
 		assert.Equal(t, promMetric, s.Metric["__name__"], "metric name")
-		assert.Equal(t, "ipv4", s.Metric[promNetTypeLabel], "%s of %s", promNetTypeLabel, peer)
+		assert.Equal(t, netType(peer), s.Metric[promNetTypeLabel], "%s of %s", promNetTypeLabel, peer)
 		assert.Equal(t, promJob, s.Metric["job"], "job (service.name) of %s", peer)
 		assert.Equal(t, promHostName, s.Metric["instance"], "instance (service.instance.id) of %s", peer)
 		assert.NotContains(t, s.Metric, promHostLabel, "host.name is not promoted to a label by default")
@@ -820,19 +832,27 @@ func quantileBucket(dp pmetric.ExponentialHistogramDataPoint, q float64) histBuc
 }
 
 // neighbourhood is the range histogram_quantile may answer for the bucket b
-// of dp: from the lower bound of the bucket below b to the upper bound of
-// the bucket above (Prometheus interpolates within the bucket it finds, and
-// for q >= 0.5 it counts the rank from the top, which can pick a neighbour
-// when the rank lies exactly on a bucket boundary). Below the zero bucket is
-// nothing; above it, the lowest positive bucket of the point.
+// of dp: from the lower bound of the non-empty bucket below b to the upper
+// bound of the non-empty bucket above (Prometheus interpolates within the
+// bucket it finds, and for q >= 0.5 it counts the rank from the top, which
+// picks the next non-empty bucket when the rank lies exactly on b's upper
+// boundary: in a sparse point, such as one of 46 samples, that bucket can
+// be several indexes away). Below the zero bucket is nothing.
 func neighbourhood(dp pmetric.ExponentialHistogramDataPoint, b histBucket) (lo, hi float64) {
-	if b.zero {
-		if dp.Positive().BucketCounts().Len() == 0 {
-			return 0, 0
+	bs := pointBuckets(dp)
+	lo, hi = b.lower, b.upper
+	for i, x := range bs {
+		if x.zero != b.zero || x.index != b.index {
+			continue
 		}
-		return 0, bucketBound(dp.Scale(), dp.Positive().Offset()+1)
+		if i > 0 {
+			lo = bs[i-1].lower
+		}
+		if i+1 < len(bs) {
+			hi = bs[i+1].upper
+		}
 	}
-	return bucketBound(dp.Scale(), b.index-1), bucketBound(dp.Scale(), b.index+2)
+	return lo, hi
 }
 
 // interpolate estimates the q-quantile of dp the way Prometheus 3 does for
