@@ -92,6 +92,7 @@ func memory() {
 	for _, n := range []uint32{1000, 10000} {
 		spec := defaultSpec()
 		spec.MaxSeries = n
+		spec.Retransmits = true // as the receiver's defaults: its socket map is preallocated
 		t, err := loader.Open(spec)
 		if err != nil {
 			fail("%v", err)
@@ -101,7 +102,7 @@ func memory() {
 		if err != nil {
 			fail("%v", err)
 		}
-		fmt.Printf("   max_series %5d, scale %d: %8.2f MiB (counts array %8.2f MiB = %d rows x %d words x 8 B)\n",
+		fmt.Printf("   max_series %5d, scale %d, retransmits on: %8.2f MiB (counts array %8.2f MiB = %d rows x %d words x 8 B)\n",
 			n, spec.Table.Scale, float64(mem)/(1<<20), float64(spec.Layout().Entries()*8)/(1<<20),
 			spec.Layout().Rows(), spec.Layout().Stride())
 	}
