@@ -261,7 +261,9 @@ func checkPrometheusRetransmits(t *testing.T, prom *prometheus, sink *otlpSink, 
 	for _, peer := range sortedKeys(want) {
 		got, ok := final[peer]
 		if assert.True(t, ok, "no %s point for loss peer %s", retransMetricName, peer) {
-			assert.Equal(t, want[peer], got, "%s of %s (%s): receiver vs TCP_INFO tcpi_total_retrans", retransMetricName, peer, peers[peer])
+			assert.LessOrEqual(t, got, want[peer], "%s of %s (%s): receiver vs TCP_INFO tcpi_total_retrans", retransMetricName, peer, peers[peer])
+			assert.LessOrEqual(t, want[peer]-min(got, want[peer]), testenv.RetransShortfall(want[peer]),
+				"%s of %s (%s): receiver short of TCP_INFO by more than testenv.RetransShortfall", retransMetricName, peer, peers[peer])
 		}
 	}
 
@@ -281,7 +283,7 @@ func checkPrometheusRetransmits(t *testing.T, prom *prometheus, sink *otlpSink, 
 	for _, peer := range sortedKeys(want) {
 		t.Logf("peer %s (%s): TCP_INFO %d, receiver %d, Prometheus %s %g; %s = %g/s next to p99 RTT %s",
 			peer, peers[peer], want[peer], final[peer], promRetransMetric, values[peer], "rate", rates[peer], fmtSeconds(p99[peer]))
-		assert.Equal(t, float64(want[peer]), values[peer], "%s{%s=%q} vs TCP_INFO", promRetransMetric, promPeerLabel, peer)
+		assert.Equal(t, float64(final[peer]), values[peer], "%s{%s=%q} vs the receiver's final value", promRetransMetric, promPeerLabel, peer)
 		r, ok := rates[peer]
 		if assert.True(t, ok, "%s has no result for %s", promRetransRateQuery, peer) {
 			if want[peer] > 0 {

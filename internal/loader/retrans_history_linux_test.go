@@ -114,7 +114,9 @@ func TestRetransmitsBeforeStartNotCounted(t *testing.T) {
 	if before == 0 {
 		t.Fatal("no retransmission before the load: the test made none")
 	}
-	if want := after - before; got != want {
+	// Never the sockets' earlier retransmissions; short of the later ones
+	// only as testenv.RetransShortfall allows.
+	if want := after - before; got > want || want-got > testenv.RetransShortfall(want) {
 		t.Errorf("counted %d retransmitted segments, want the %d retransmitted after the load (TCP_INFO %d before, %d after)",
 			got, want, before, after)
 	}
