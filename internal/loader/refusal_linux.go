@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -24,6 +25,7 @@ const (
 	CauseVerifier   Cause = "verifier"            // the verifier rejected the program for another reason
 	CauseLockdown   Cause = "lockdown"            // EPERM under kernel lockdown
 	CauseCapability Cause = "capability"          // EPERM without CAP_SYS_ADMIN
+	CauseSeccomp    Cause = "seccomp"             // EPERM under a seccomp filter (a container runtime's profile)
 	CausePermission Cause = "permission"          // EPERM with none of the above
 	CauseNoSupport  Cause = "not supported"       // the kernel lacks the hook or program type
 	CauseOther      Cause = "other"               // anything else
@@ -56,6 +58,14 @@ type loadEnv struct {
 	// not needed because the kernel accounts BPF memory to the memory
 	// cgroup, as from 5.11).
 	MemlockErr error
+	// ChargesMemlock says the kernel charges BPF memory to RLIMIT_MEMLOCK
+	// (before 5.11). MemlockErr alone does not: where a seccomp filter
+	// refuses bpf(), cilium/ebpf's probe takes the refusal for a memlock
+	// kernel and tries to raise the limit.
+	ChargesMemlock bool
+	// Seccomp says a seccomp filter is active on the process
+	// (/proc/self/status "Seccomp: 2").
+	Seccomp bool
 	// Lockdown is the active kernel lockdown mode ("none", "integrity",
 	// "confidentiality"), "" if unknown.
 	Lockdown string
@@ -79,7 +89,10 @@ func raiseMemlock() error {
 
 // currentLoadEnv reads the environment of a failed load.
 func currentLoadEnv() loadEnv {
-	env := loadEnv{MemlockErr: raiseMemlock()}
+	env := loadEnv{MemlockErr: raiseMemlock(), ChargesMemlock: chargesMemlock()}
+	if b, err := os.ReadFile("/proc/self/status"); err == nil {
+		env.Seccomp = seccompFiltered(string(b))
+	}
 	if b, err := os.ReadFile("/sys/kernel/security/lockdown"); err == nil {
 		env.Lockdown = activeLockdown(string(b))
 	}
@@ -88,6 +101,41 @@ func currentLoadEnv() loadEnv {
 		env.CapSysAdmin = eff&(1<<unix.CAP_SYS_ADMIN) != 0
 	}
 	return env
+}
+
+// chargesMemlock reports whether the running kernel is older than 5.11,
+// when BPF memory moved from RLIMIT_MEMLOCK to the memory cgroup; true if
+// the release cannot be read (the old rule then applies).
+func chargesMemlock() bool {
+	var u unix.Utsname
+	if err := unix.Uname(&u); err != nil {
+		return true
+	}
+	major, minor, ok := kernelRelease(unix.ByteSliceToString(u.Release[:]))
+	return !ok || major < 5 || major == 5 && minor < 11
+}
+
+// kernelRelease parses the major and minor numbers of a release such as
+// "6.1.0-40-amd64".
+func kernelRelease(r string) (major, minor int, ok bool) {
+	parts := strings.SplitN(r, ".", 3)
+	if len(parts) < 2 {
+		return 0, 0, false
+	}
+	major, err1 := strconv.Atoi(parts[0])
+	minor, err2 := strconv.Atoi(strings.TrimRightFunc(parts[1], func(r rune) bool { return r < '0' || r > '9' }))
+	return major, minor, err1 == nil && err2 == nil
+}
+
+// seccompFiltered reports whether /proc/self/status (s) says a seccomp
+// filter is active ("Seccomp:" mode 2).
+func seccompFiltered(s string) bool {
+	for _, line := range strings.Split(s, "\n") {
+		if v, ok := strings.CutPrefix(line, "Seccomp:"); ok {
+			return strings.TrimSpace(v) == "2"
+		}
+	}
+	return false
 }
 
 // activeLockdown returns the bracketed mode of the lockdown file's
@@ -136,11 +184,20 @@ func explainLoad(mode Mode, err error, env loadEnv) *LoadError {
 		}
 	case errors.Is(err, unix.EPERM):
 		switch {
-		case env.MemlockErr != nil:
+		case env.MemlockErr != nil && env.ChargesMemlock:
 			e.Cause = CauseMemlock
 			e.Reason = fmt.Sprintf("load refused by the kernel (EPERM): this kernel (before 5.11) charges BPF "+
 				"memory to RLIMIT_MEMLOCK and raising the limit failed (%v); grant CAP_SYS_RESOURCE or raise the "+
 				"limit (LimitMEMLOCK=infinity in a systemd unit, ulimit -l unlimited)", env.MemlockErr)
+		case env.Seccomp && !env.ChargesMemlock && env.MemlockErr != nil:
+			// cilium/ebpf's memlock probe got EPERM creating a map with
+			// the limit at 0 on a kernel that does not charge it: the bpf()
+			// call itself was refused, as a seccomp filter does.
+			e.Cause = CauseSeccomp
+			e.Reason = "load refused by the kernel (EPERM): the bpf() system call itself is refused, and a seccomp " +
+				"filter is active on this process (/proc/self/status Seccomp: 2); the container runtime's profile must " +
+				"allow bpf (and perf_event_open): use a profile that does, or run the container seccomp Unconfined, " +
+				"with CAP_BPF and CAP_PERFMON"
 		case env.CapsKnown && !env.CapSysAdmin:
 			e.Cause = CauseCapability
 			e.Reason = "load refused by the kernel (EPERM) without CAP_SYS_ADMIN: this kernel wants more than " +

@@ -20,6 +20,14 @@ func TestExplainLoad(t *testing.T) {
 	root := loadEnv{Lockdown: "none", CapsKnown: true, CapSysAdmin: true}
 	memlock := root
 	memlock.MemlockErr = errors.New("failed to set memlock rlimit: operation not permitted")
+	memlock.ChargesMemlock = true
+	// A kernel from 5.11 under a container's seccomp profile that refuses
+	// bpf(): cilium/ebpf's memlock probe fails as on an old kernel.
+	seccomp := memlock
+	seccomp.ChargesMemlock = false
+	seccomp.Seccomp = true
+	newKernelMemlockErr := seccomp
+	newKernelMemlockErr.Seccomp = false
 	noAdmin := root
 	noAdmin.CapSysAdmin = false
 	locked := root
@@ -45,8 +53,12 @@ func TestExplainLoad(t *testing.T) {
 			[]string{"RLIMIT_MEMLOCK", "before 5.11", "operation not permitted", "CAP_SYS_RESOURCE"}, unix.EPERM},
 		// Memlock first: before 5.11 a low limit is the likelier EPERM
 		// even under lockdown.
-		{"memlock under lockdown", unix.EPERM, loadEnv{MemlockErr: memlock.MemlockErr, Lockdown: "integrity", CapsKnown: true, CapSysAdmin: true},
+		{"memlock under lockdown", unix.EPERM, loadEnv{MemlockErr: memlock.MemlockErr, ChargesMemlock: true, Lockdown: "integrity", CapsKnown: true, CapSysAdmin: true},
 			CauseMemlock, []string{"RLIMIT_MEMLOCK"}, unix.EPERM},
+		{"seccomp, not memlock, from 5.11", fmt.Errorf("map counts: %w"+memlockHint, unix.EPERM), seccomp, CauseSeccomp,
+			[]string{"seccomp", "bpf", "Unconfined"}, unix.EPERM},
+		{"memlock error from 5.11 without seccomp", unix.EPERM, newKernelMemlockErr, CausePermission,
+			[]string{"security module"}, unix.EPERM},
 		{"capability", unix.EPERM, noAdmin, CauseCapability, []string{"CAP_SYS_ADMIN", "tp_btf/tcp_probe"}, unix.EPERM},
 		{"lockdown", fmt.Errorf("load program: %w", unix.EPERM), locked, CauseLockdown,
 			[]string{`lockdown "integrity"`, "/sys/kernel/security/lockdown", "tp_btf/tcp_probe"}, unix.EPERM},
@@ -154,5 +166,29 @@ func TestRecordHasSkaddr(t *testing.T) {
 	}
 	if err := recordHasSkaddr(none); !errors.As(err, &le) || !strings.Contains(err.Error(), "no struct "+tracepointRecord) {
 		t.Errorf("BTF without the record: %v", err)
+	}
+}
+
+func TestKernelRelease(t *testing.T) {
+	for r, want := range map[string][3]int{
+		"5.10.0-35-amd64": {5, 10, 1}, "5.11.0": {5, 11, 1}, "6.18.0-rc3": {6, 18, 1}, "4.19": {4, 19, 1},
+		"6.1+deb": {6, 1, 1}, "garbage": {0, 0, 0},
+	} {
+		major, minor, ok := kernelRelease(r)
+		if got := [3]int{major, minor, map[bool]int{true: 1}[ok]}; got != want {
+			t.Errorf("kernelRelease(%q) = %v, want %v", r, got, want)
+		}
+	}
+}
+
+func TestSeccompFiltered(t *testing.T) {
+	for s, want := range map[string]bool{
+		"Name:\tx\nSeccomp:\t2\nSeccomp_filters:\t1\n": true,
+		"Name:\tx\nSeccomp:\t0\n":                      false,
+		"Name:\tx\n":                                   false,
+	} {
+		if got := seccompFiltered(s); got != want {
+			t.Errorf("seccompFiltered(%q) = %v, want %v", s, got, want)
+		}
 	}
 }
