@@ -24,7 +24,6 @@ import (
 	"github.com/tcprtt/tcprtt/internal/convert"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"go.opentelemetry.io/collector/pdata/pmetric"
-	"golang.org/x/sys/unix"
 )
 
 // Addresses of the cgroup test alone (the program sees the whole host).
@@ -112,7 +111,7 @@ func runChild(role string) error {
 		}
 		// Segments received, the SYN-ACK included: all the others
 		// arrived in the established state, each one sample.
-		info, err := tcpInfo(c.(*net.TCPConn))
+		info, err := tcptest.TCPInfo(c.(*net.TCPConn))
 		if err != nil {
 			return err
 		}
@@ -120,21 +119,6 @@ func runChild(role string) error {
 	}
 	_, _ = io.Copy(io.Discard, os.Stdin) // until the parent closes stdin
 	return nil
-}
-
-func tcpInfo(c *net.TCPConn) (*unix.TCPInfo, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var info *unix.TCPInfo
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		info, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil {
-		return nil, err
-	}
-	return info, serr
 }
 
 // child is one socket owner process.

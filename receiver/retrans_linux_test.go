@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pmetric"
 
 	"github.com/tcprtt/tcprtt/internal/convert"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
@@ -76,21 +77,17 @@ func retransmitUnderTotalLoss(s *rttScraper, server, client netip.Addr, before, 
 		return err
 	}
 	defer ln.Close()
-	c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+	c, srv, err := tcptest.Connect(ln, client)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	srv, err := ln.AcceptTCP()
-	if err != nil {
-		return err
-	}
 	defer srv.Close()
 	if _, err := c.Write(make([]byte, 2000)); err != nil {
 		return err
 	}
 	for deadline := time.Now().Add(20 * time.Second); *before < 2 && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		ti, err := testenv.TCPInfo(c)
+		ti, err := tcptest.TCPInfo(c)
 		if err != nil {
 			return err
 		}
@@ -99,7 +96,7 @@ func retransmitUnderTotalLoss(s *rttScraper, server, client netip.Addr, before, 
 	if *md, err = s.scrape(context.Background()); err != nil {
 		return err
 	}
-	ti, err := testenv.TCPInfo(c)
+	ti, err := tcptest.TCPInfo(c)
 	if err != nil {
 		return err
 	}

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/collector/pdata/pcommon"
 	"go.opentelemetry.io/collector/pdata/pmetric"
 
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
@@ -139,15 +140,11 @@ func cleanExchange(server, client netip.Addr) error {
 		return err
 	}
 	defer ln.Close()
-	c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+	c, s, err := tcptest.Connect(ln, client)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	s, err := ln.AcceptTCP()
-	if err != nil {
-		return err
-	}
 	defer s.Close()
 	buf := make([]byte, 64)
 	if _, err := c.Write(buf); err != nil {

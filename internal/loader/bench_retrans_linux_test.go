@@ -12,6 +12,7 @@ import (
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
@@ -56,16 +57,13 @@ func BenchmarkRetransmitProgram(b *testing.B) {
 		}
 		defer ln.Close()
 		for range b.N {
-			c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(testenv.LossClient4, 0)), ln.Addr().(*net.TCPAddr))
+			c, s, err := tcptest.Connect(ln, testenv.LossClient4)
 			if err != nil {
 				err2 = err
 				return
 			}
-			s, err := ln.AcceptTCP()
-			if err == nil {
-				err = testenv.Transfer(c, s, 1<<20)
-				s.Close()
-			}
+			err = testenv.Transfer(c, s, 1<<20)
+			s.Close()
 			c.Close()
 			if err != nil {
 				err2 = err

@@ -10,6 +10,7 @@ import (
 
 	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
 
@@ -46,23 +47,17 @@ func TestRetransmitsBeforeStartNotCounted(t *testing.T) {
 			}
 		}()
 		for range conns {
-			c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+			c, s, err := tcptest.Connect(ln, client)
 			if err != nil {
 				fail(err)
 				return
 			}
-			cs = append(cs, c)
-			s, err := ln.AcceptTCP()
-			if err != nil {
-				fail(err)
-				return
-			}
-			ss = append(ss, s)
+			cs, ss = append(cs, c), append(ss, s)
 		}
 		// totals sums every socket's tcpi_total_retrans, both sides.
 		totals := func() (sum uint64) {
 			for _, c := range append(cs, ss...) {
-				ti, err := testenv.TCPInfo(c)
+				ti, err := tcptest.TCPInfo(c)
 				if err != nil {
 					fail(err)
 					return 0

@@ -56,20 +56,30 @@ func (s *Server) Dial(t testing.TB, client netip.Addr) *Conn {
 
 func (s *Server) dial(t testing.TB, client netip.Addr) *Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0))}
-	nc, err := d.Dial("tcp", s.ln.Addr().String())
+	cc, sc, err := Connect(s.ln, client)
 	if err != nil {
-		t.Fatalf("dial %s from %s: %v", s.ln.Addr(), client, err)
+		t.Fatal(err)
 	}
-	sc, err := s.ln.AcceptTCP()
-	if err != nil {
-		t.Fatalf("accept: %v", err)
-	}
-	c := &Conn{Client: nc.(*net.TCPConn), Server: sc}
+	c := &Conn{Client: cc, Server: sc}
 	_ = c.Client.SetNoDelay(true)
 	_ = c.Server.SetNoDelay(true)
 	go Echo(sc, MessageSize)
 	return c
+}
+
+// Connect dials ln from client (port 0) and accepts the connection,
+// returning its client and server ends. It takes no testing.TB, for code
+// that runs on a thread of its own (in a network namespace of its own).
+func Connect(ln *net.TCPListener, client netip.Addr) (c, s *net.TCPConn, err error) {
+	c, err = net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		return nil, nil, fmt.Errorf("dial %s from %s: %w", ln.Addr(), client, err)
+	}
+	if s, err = ln.AcceptTCP(); err != nil {
+		c.Close()
+		return nil, nil, fmt.Errorf("accept: %w", err)
+	}
+	return c, s, nil
 }
 
 // Visit connects to s from client, makes n round trips and closes the
@@ -115,21 +125,30 @@ func (c *Conn) ClientInfo(t testing.TB) *unix.TCPInfo {
 
 func info(t testing.TB, conn *net.TCPConn) *unix.TCPInfo {
 	t.Helper()
-	raw, err := conn.SyscallConn()
+	ti, err := TCPInfo(conn)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return ti
+}
+
+// TCPInfo reads conn's TCP_INFO, without a testing.TB (see Connect).
+func TCPInfo(conn *net.TCPConn) (*unix.TCPInfo, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
 	}
 	var ti *unix.TCPInfo
 	var serr error
 	if err := raw.Control(func(fd uintptr) {
 		ti, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	}); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	if serr != nil {
-		t.Fatalf("TCP_INFO: %v", serr)
+		return nil, fmt.Errorf("TCP_INFO: %w", serr)
 	}
-	return ti
+	return ti, nil
 }
 
 // Echo answers every size-byte request on c with itself, until c fails

@@ -24,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/tcprtt/tcprtt/internal/cgroup"
+	"github.com/tcprtt/tcprtt/internal/tcptest"
 )
 
 // Real loss for the retransmit tests (loader, e2e): a network namespace
@@ -259,15 +260,12 @@ func LossyTransfers(t testing.TB, server, client netip.Addr, conns, size int) (c
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for range conns {
-			c, err := net.DialTCP("tcp", net.TCPAddrFromAddrPort(netip.AddrPortFrom(client, 0)), ln.Addr().(*net.TCPAddr))
+			c, s, err := tcptest.Connect(ln, client)
 			if err != nil {
+				mu.Lock() // transfers already started append too
 				errs = append(errs, err)
-				return
-			}
-			s, err := ln.AcceptTCP()
-			if err != nil {
-				errs = append(errs, err)
-				return
+				mu.Unlock()
+				break // and wait for them below
 			}
 			wg.Add(1)
 			go func() {
@@ -285,7 +283,7 @@ func LossyTransfers(t testing.TB, server, client netip.Addr, conns, size int) (c
 					conn *net.TCPConn
 					sum  *uint64
 				}{{c, &clientSide}, {s, &serverSide}} {
-					ti, err := TCPInfo(side.conn)
+					ti, err := tcptest.TCPInfo(side.conn)
 					if err != nil {
 						errs = append(errs, err)
 						return
@@ -340,21 +338,6 @@ func Transfer(c, s *net.TCPConn, size int) error {
 		_, err = io.ReadFull(s, b[:])
 	}
 	return err
-}
-
-func TCPInfo(c *net.TCPConn) (*unix.TCPInfo, error) {
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	var ti *unix.TCPInfo
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		ti, serr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
-	}); err != nil {
-		return nil, err
-	}
-	return ti, serr
 }
 
 // RetransShortfall is how far below want (the sockets' tcpi_total_retrans)
