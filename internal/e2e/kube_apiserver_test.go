@@ -408,6 +408,6 @@ exec 3<>"/dev/tcp/$1/$2" || exit 1
 while :; do echo ping >&3; read -r l <&3 || exit 0; sleep 0.02; done`, dir, host, port)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start())
+	require.NoError(t, startFromSpawner(cmd))
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 }

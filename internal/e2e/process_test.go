@@ -28,7 +28,7 @@ func startProcessEnv(t *testing.T, env []string, bin string, args ...string) *co
 	c.cmd.Stdout = c.stderr
 	c.cmd.Stderr = c.stderr
 	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, c.cmd.Start(), "start %s", bin)
+	require.NoError(t, startFromSpawner(c.cmd), "start %s", bin)
 	go func() {
 		c.werr = c.cmd.Wait()
 		close(c.done)
