@@ -65,6 +65,7 @@ struct sock_cgroup_data___old {
 struct sock {
 	struct sock_common __sk_common;
 	struct sock_cgroup_data sk_cgrp_data;
+	__u16 sk_protocol; // a field of its own since 5.6 (retrans.h)
 } __attribute__((preserve_access_index));
 
 struct tcp_sock {

@@ -203,4 +203,91 @@ int retrans_tracepoint(void *ctx)
 	return 0;
 }
 
+// Settling at state changes. A socket's entry is made when it becomes
+// ESTABLISHED (with a total of 0: a passive socket starts with its
+// SYN-ACK retransmissions, which fire no tcp_retransmit_skb event), and
+// at each later state change of a socket with an entry the growth since
+// its last run is added, the entry dropped at TCP_CLOSE. So a socket
+// established while the program runs has all of its total_retrans
+// counted, whatever the retransmit event shows: the total is read again
+// at close(2) (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK) and
+// when the socket is done. Most transitions, of sockets without an entry,
+// cost one hash lookup.
+#define TCP_ESTABLISHED 1
+#define TCP_CLOSE 7
+#define IPPROTO_TCP 6
+
+static __always_inline int settle_retrans(struct sock *sk, int newstate, const bool btf)
+{
+	struct series_key tuple = {};
+	struct retrans_seen *seen, now = {};
+	__u64 key = (__u64)sk;
+	__u32 total = 0, slot, grown;
+	__u64 *n;
+
+	seen = bpf_map_lookup_elem(&retrans_seen, &key);
+	if (!seen && newstate != TCP_ESTABLISHED)
+		return 0;
+	if (!read_tuple(sk, btf, &tuple) || BPF_CORE_READ_INTO(&total, (struct tcp_sock *)sk, total_retrans))
+		return 0; // the next retransmit event settles it
+	now.ports = (__u32)tuple.local_port << 16 | tuple.remote_port;
+	now.addr = *(const __u32 *)&tuple.remote_addr[12];
+	if (!seen || seen->ports != now.ports || seen->addr != now.addr || total < seen->total) {
+		// A new connection (or another socket's stale entry at this
+		// address): counted from 0 if it passes the filters.
+		if (newstate == TCP_ESTABLISHED && tuple_allowed(&tuple))
+			bpf_map_update_elem(&retrans_seen, &key, &now, BPF_ANY);
+		else if (seen)
+			bpf_map_delete_elem(&retrans_seen, &key);
+		return 0;
+	}
+	grown = total - seen->total;
+	seen->total = total;
+	if (newstate == TCP_CLOSE)
+		bpf_map_delete_elem(&retrans_seen, &key);
+	if (!grown)
+		return 0;
+	slot = resolve(sk, &tuple);
+	if (slot == SLOT_FILTERED)
+		return 0;
+	n = bpf_map_lookup_elem(&retrans, &slot);
+	if (n)
+		__sync_fetch_and_add(n, grown);
+	return 0;
+}
+
+struct trace_event_raw_inet_sock_set_state {
+	const void *skaddr;
+	int newstate;
+	__u16 protocol;
+} __attribute__((preserve_access_index));
+
+SEC("tp_btf/inet_sock_set_state")
+int settle_tp_btf(__u64 *ctx)
+{
+	struct sock *sk = (struct sock *)ctx[0];
+
+	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	return settle_retrans(sk, (int)ctx[2], true);
+}
+
+SEC("raw_tp/inet_sock_set_state")
+int settle_raw_tp(struct bpf_raw_tracepoint_args *ctx)
+{
+	struct sock *sk = (struct sock *)ctx->args[0];
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	return settle_retrans(sk, (int)ctx->args[2], false);
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int settle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	if (BPF_CORE_READ(ctx, protocol) != IPPROTO_TCP)
+		return 0;
+	return settle_retrans((struct sock *)BPF_CORE_READ(ctx, skaddr), BPF_CORE_READ(ctx, newstate), false);
+}
+
 #endif

@@ -95,6 +95,9 @@ const (
 	TcprttProgRetransRawTp      = "retrans_raw_tp"
 	TcprttProgRetransTpBtf      = "retrans_tp_btf"
 	TcprttProgRetransTracepoint = "retrans_tracepoint"
+	TcprttProgSettleRawTp       = "settle_raw_tp"
+	TcprttProgSettleTpBtf       = "settle_tp_btf"
+	TcprttProgSettleTracepoint  = "settle_tracepoint"
 	TcprttProgTcprttFentry      = "tcprtt_fentry"
 	TcprttProgTcprttRawTp       = "tcprtt_raw_tp"
 	TcprttProgTcprttTpBtf       = "tcprtt_tp_btf"
@@ -160,6 +163,9 @@ type TcprttProgramSpecs struct {
 	RetransRawTp      *ebpf.ProgramSpec `ebpf:"retrans_raw_tp"`
 	RetransTpBtf      *ebpf.ProgramSpec `ebpf:"retrans_tp_btf"`
 	RetransTracepoint *ebpf.ProgramSpec `ebpf:"retrans_tracepoint"`
+	SettleRawTp       *ebpf.ProgramSpec `ebpf:"settle_raw_tp"`
+	SettleTpBtf       *ebpf.ProgramSpec `ebpf:"settle_tp_btf"`
+	SettleTracepoint  *ebpf.ProgramSpec `ebpf:"settle_tracepoint"`
 	TcprttFentry      *ebpf.ProgramSpec `ebpf:"tcprtt_fentry"`
 	TcprttRawTp       *ebpf.ProgramSpec `ebpf:"tcprtt_raw_tp"`
 	TcprttTpBtf       *ebpf.ProgramSpec `ebpf:"tcprtt_tp_btf"`
@@ -281,6 +287,9 @@ type TcprttPrograms struct {
 	RetransRawTp      *ebpf.Program `ebpf:"retrans_raw_tp"`
 	RetransTpBtf      *ebpf.Program `ebpf:"retrans_tp_btf"`
 	RetransTracepoint *ebpf.Program `ebpf:"retrans_tracepoint"`
+	SettleRawTp       *ebpf.Program `ebpf:"settle_raw_tp"`
+	SettleTpBtf       *ebpf.Program `ebpf:"settle_tp_btf"`
+	SettleTracepoint  *ebpf.Program `ebpf:"settle_tracepoint"`
 	TcprttFentry      *ebpf.Program `ebpf:"tcprtt_fentry"`
 	TcprttRawTp       *ebpf.Program `ebpf:"tcprtt_raw_tp"`
 	TcprttTpBtf       *ebpf.Program `ebpf:"tcprtt_tp_btf"`
@@ -293,6 +302,9 @@ func (p *TcprttPrograms) Close() error {
 		p.RetransRawTp,
 		p.RetransTpBtf,
 		p.RetransTracepoint,
+		p.SettleRawTp,
+		p.SettleTpBtf,
+		p.SettleTracepoint,
 		p.TcprttFentry,
 		p.TcprttRawTp,
 		p.TcprttTpBtf,

@@ -36,10 +36,10 @@ func retransPoint(md pmetric.Metrics, peer string) (pmetric.NumberDataPoint, boo
 
 // TestRetransmitOnlySeries: a socket whose every data segment is dropped
 // receives nothing, so the RTT program never sees it; its series exists
-// for its retransmissions alone: a tcp.retransmits point no more than the
-// socket's tcpi_total_retrans after the scrape (and short of it before
-// the scrape by no more than testenv.RetransShortfall), and no empty
-// tcp.rtt point.
+// for its retransmissions alone: a tcp.retransmits point between the
+// socket's tcpi_total_retrans before the scrape and after it (TCP_INFO
+// reads it under the socket lock, which the retransmission and its event
+// hold), and no empty tcp.rtt point.
 func TestRetransmitOnlySeries(t *testing.T) {
 	requireKernel(t)
 	testenv.LockLossNets(t)
@@ -62,8 +62,7 @@ func TestRetransmitOnlySeries(t *testing.T) {
 	t.Logf("tcpi_total_retrans %d before the scrape, %d after; exported %d", before, after, got)
 	assert.Positive(t, got, "exported retransmissions")
 	assert.LessOrEqual(t, got, int64(after), "exported retransmissions, never more than TCP_INFO after the scrape")
-	assert.LessOrEqual(t, int64(before)-got, int64(testenv.RetransShortfall(uint64(before))),
-		"exported retransmissions short of TCP_INFO before the scrape by more than testenv.RetransShortfall")
+	assert.GreaterOrEqual(t, got, int64(before), "exported retransmissions, never fewer than TCP_INFO before the scrape")
 	_, ok = point(md, map[string]any{"network.peer.address": server.String()})
 	assert.False(t, ok, "no tcp.rtt point for a series without RTT samples")
 }

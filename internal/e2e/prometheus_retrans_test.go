@@ -258,9 +258,7 @@ func checkPrometheusRetransmits(t *testing.T, prom *prometheus, sink *otlpSink, 
 	for _, peer := range sortedKeys(want) {
 		got, ok := final[peer]
 		if assert.True(t, ok, "no %s point for loss peer %s", retransMetricName, peer) {
-			assert.LessOrEqual(t, got, want[peer], "%s of %s (%s): receiver vs TCP_INFO tcpi_total_retrans", retransMetricName, peer, peers[peer])
-			assert.LessOrEqual(t, want[peer]-min(got, want[peer]), testenv.RetransShortfall(want[peer]),
-				"%s of %s (%s): receiver short of TCP_INFO by more than testenv.RetransShortfall", retransMetricName, peer, peers[peer])
+			assert.Equal(t, want[peer], got, "%s of %s (%s): receiver vs TCP_INFO tcpi_total_retrans", retransMetricName, peer, peers[peer])
 		}
 	}
 

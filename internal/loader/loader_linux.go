@@ -67,6 +67,7 @@ type Tracer struct {
 	retransColl     *ebpf.Collection
 	retransProg     *ebpf.Program
 	retransLink     link.Link
+	settleLink      link.Link // the state-change program beside the retransmit one (retrans.h)
 	retransMode     Mode
 	retransAttempts []Attempt
 

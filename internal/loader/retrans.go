@@ -17,3 +17,17 @@ func RetransHook(m Mode) string {
 	}
 	return string(m)
 }
+
+// SettleHook names the state-change program attached beside the
+// retransmit one in flavour m.
+func SettleHook(m Mode) string {
+	switch m {
+	case ModeTpBtf:
+		return "tp_btf/inet_sock_set_state"
+	case ModeRawTp:
+		return "raw_tp/inet_sock_set_state"
+	case ModeTracepoint:
+		return "tracepoint/sock/inet_sock_set_state"
+	}
+	return string(m)
+}

@@ -109,9 +109,8 @@ func TestRetransmitsBeforeStartNotCounted(t *testing.T) {
 	if before == 0 {
 		t.Fatal("no retransmission before the load: the test made none")
 	}
-	// Never the sockets' earlier retransmissions; short of the later ones
-	// only as testenv.RetransShortfall allows.
-	if want := after - before; got > want || want-got > testenv.RetransShortfall(want) {
+	// Never the sockets' earlier retransmissions, all the later ones.
+	if want := after - before; got != want {
 		t.Errorf("counted %d retransmitted segments, want the %d retransmitted after the load (TCP_INFO %d before, %d after)",
 			got, want, before, after)
 	}

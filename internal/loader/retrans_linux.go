@@ -24,6 +24,15 @@ var retransProgramOf = map[Mode]string{
 	ModeTracepoint: bpf.TcprttProgRetransTracepoint,
 }
 
+// Programs of the state-change hook (sock:inet_sock_set_state) per
+// flavour, attached in the retransmit hook's: they settle each socket's
+// growth of total_retrans when it is established and closed (retrans.h).
+var settleProgramOf = map[Mode]string{
+	ModeTpBtf:      bpf.TcprttProgSettleTpBtf,
+	ModeRawTp:      bpf.TcprttProgSettleRawTp,
+	ModeTracepoint: bpf.TcprttProgSettleTracepoint,
+}
+
 // RetransAttachError reports that no flavour of the retransmit hook
 // attached.
 type RetransAttachError struct{ Attempts []Attempt }
@@ -68,8 +77,9 @@ func (t *Tracer) openRetransMode(mode Mode) error {
 	if err != nil {
 		return err
 	}
+	settleName := settleProgramOf[mode]
 	for name := range cs.Programs {
-		if name != progName {
+		if name != progName && name != settleName {
 			delete(cs.Programs, name)
 		}
 	}
@@ -111,7 +121,16 @@ func (t *Tracer) openRetransMode(mode Mode) error {
 		}
 		return fmt.Errorf("attach %s: %w", RetransHook(mode), err)
 	}
-	t.retransColl, t.retransProg, t.retransLink, t.retransMode = coll, prog, l, mode
+	settle, err := attachSettle(mode, coll.Programs[settleName])
+	if err != nil {
+		l.Close()
+		coll.Close()
+		if errors.Is(err, ebpf.ErrNotSupported) {
+			return &LoadError{Cause: CauseNoSupport, Reason: "this kernel loads but cannot attach " + SettleHook(mode), Err: err}
+		}
+		return fmt.Errorf("attach %s: %w", SettleHook(mode), err)
+	}
+	t.retransColl, t.retransProg, t.retransLink, t.settleLink, t.retransMode = coll, prog, l, settle, mode
 	return nil
 }
 
@@ -159,6 +178,22 @@ func attachRetrans(mode Mode, prog *ebpf.Program) (link.Link, error) {
 	return nil, fmt.Errorf("unknown attach mode %q", mode)
 }
 
+func attachSettle(mode Mode, prog *ebpf.Program) (link.Link, error) {
+	switch mode {
+	case ModeTpBtf:
+		return link.AttachTracing(link.TracingOptions{Program: prog})
+	case ModeRawTp:
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: prog})
+	case ModeTracepoint:
+		l, err := link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
+		if errors.Is(err, os.ErrPermission) {
+			err = fmt.Errorf("%w (the tracepoint flavour reads tracefs, which needs CAP_DAC_READ_SEARCH or root)", err)
+		}
+		return l, err
+	}
+	return nil, fmt.Errorf("unknown attach mode %q", mode)
+}
+
 // RetransMode returns the flavour of the retransmit hook that attached,
 // "" when the hook is off.
 func (t *Tracer) RetransMode() Mode { return t.retransMode }
@@ -174,8 +209,12 @@ func (t *Tracer) RetransProgram() *ebpf.Program { return t.retransProg }
 // closeRetrans detaches the retransmit program.
 func (t *Tracer) closeRetrans() error {
 	var err error
+	if t.settleLink != nil {
+		err = t.settleLink.Close()
+		t.settleLink = nil
+	}
 	if t.retransLink != nil {
-		err = t.retransLink.Close()
+		err = errors.Join(err, t.retransLink.Close())
 		t.retransLink = nil
 	}
 	if t.retransColl != nil {

@@ -339,15 +339,3 @@ func Transfer(c, s *net.TCPConn, size int) error {
 	}
 	return err
 }
-
-// RetransShortfall is how far below want (the sockets' tcpi_total_retrans)
-// a count of retransmitted segments may be in these tests, never above:
-// on Linux 6.18 the kernel was seen to count, in about 1 of 4,000
-// retransmissions and more often under load, a retransmission at which
-// the tcp_retransmit_skb event ran no program (none missed, none failed:
-// the namespace's RetransSegs equalled TCP_INFO and exceeded the
-// program's runs). The program counts those at the socket's next event;
-// only those before a socket's first event and after its last are lost
-// (README, Retransmissions). The worst seen was 5 of 130 under a load
-// of four qemu VMs.
-func RetransShortfall(want uint64) uint64 { return max(3, want/20) }
