@@ -167,9 +167,11 @@ bench:
 	              " unbounded (max=0) and with max_buckets 160 (merged into 101 buckets at scale 6):" } \
 	     /^BenchmarkAppend(Scale8)?\// { n = $$1; sub(/-[0-9]+$$/, "", n); \
 	           printf "   %-52s %11d  (%.0f ns/series)\n", n, $$3, $$3 / 10000 }' build/bench-go.txt
-	@awk '/^BenchmarkRetransmitProgram/ { for (i = 3; i < NF; i++) { if ($$(i+1) == "ns/run") ns = $$i; if ($$(i+1) == "runs/op") r = $$i } } \
+	@awk '/^BenchmarkRetransmitProgram/ { for (i = 3; i < NF; i++) { if ($$(i+1) == "ns/run") ns = $$i; if ($$(i+1) == "runs/op") r = $$i; \
+	           if ($$(i+1) == "settle-ns/run") sns = $$i; if ($$(i+1) == "settle-runs/op") sr = $$i } } \
 	     END { print "\n5. Retransmit program (tcp_retransmit_skb), per run under real loss (bpf_stats):"; \
-	           printf "   %s ns/run over %s runs per 1 MiB transfer with every 7th data segment dropped\n", ns, r }' build/bench-go.txt
+	           printf "   %s ns/run over %s runs per 1 MiB transfer with every 7th data segment dropped\n", ns, r; \
+	           printf "   state-change program (inet_sock_set_state): %s ns/run over %s runs per connection\n", sns, sr }' build/bench-go.txt
 
 # The cost of each part of tcprtt's per-segment path on this host, as
 # benchmark-only variants of it (bench_variant in bpf/bench.bpf.c).

@@ -67,7 +67,8 @@ type Tracer struct {
 	retransColl     *ebpf.Collection
 	retransProg     *ebpf.Program
 	retransLink     link.Link
-	settleLink      link.Link // the state-change program beside the retransmit one (retrans.h)
+	settleProg      *ebpf.Program // the state-change program beside the retransmit one (retrans.h)
+	settleLink      link.Link
 	retransMode     Mode
 	retransAttempts []Attempt
 

@@ -130,7 +130,8 @@ func (t *Tracer) openRetransMode(mode Mode) error {
 		}
 		return fmt.Errorf("attach %s: %w", SettleHook(mode), err)
 	}
-	t.retransColl, t.retransProg, t.retransLink, t.settleLink, t.retransMode = coll, prog, l, settle, mode
+	t.retransColl, t.retransProg, t.retransLink, t.retransMode = coll, prog, l, mode
+	t.settleProg, t.settleLink = coll.Programs[settleName], settle
 	return nil
 }
 
@@ -205,6 +206,10 @@ func (t *Tracer) RetransAttempts() []Attempt { return t.retransAttempts }
 // RetransProgram returns the attached retransmit program, nil when the
 // hook is off (for run statistics).
 func (t *Tracer) RetransProgram() *ebpf.Program { return t.retransProg }
+
+// SettleProgram returns the attached state-change program, nil when the
+// retransmit hook is off (for run statistics).
+func (t *Tracer) SettleProgram() *ebpf.Program { return t.settleProg }
 
 // closeRetrans detaches the retransmit program.
 func (t *Tracer) closeRetrans() error {
