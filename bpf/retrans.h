@@ -14,13 +14,27 @@
 // event sees may carry fewer segments than were counted. The growth is
 // exact whatever the event misses, as soon as the socket's next event runs.
 //
-// A socket the program sees for the first time (or again after its entry
-// was evicted) has no previous reading: if its total is at most the
-// event's segments, the total is all its retransmissions and counted whole
-// (every socket that first retransmits while the receiver runs); if it is
-// more, the socket retransmitted before (before the receiver started, or
-// in failed attempts no event showed), and only the event's own segments
-// are counted when it was sent (err 0).
+// Who writes the entry (retrans_seen, by socket address) when:
+// - the state-change program (settle_retrans, below) makes it when a
+//   socket that passes the filters becomes ESTABLISHED, with a total of 0
+//   (every retransmission of a socket established while the program runs
+//   is counted, SYN-ACKs of a passive socket included: they fire no
+//   tcp_retransmit_skb event), adds the growth at each later state change
+//   (close(2) is one, synchronously) and deletes it at TCP_CLOSE;
+// - the retransmit program adds the growth at each event, under the same
+//   socket lock, so the two never overlap on one socket.
+// Invariant: once a socket established while the program runs has left
+// ESTABLISHED (it was closed), its series holds all of its
+// tcpi_total_retrans up to then, whatever the retransmit event showed
+// (TestRetransmitsEqualTCPInfo, TestRetransmitsSynAckCounted).
+//
+// A socket the retransmit program sees without an entry (established
+// before the program was loaded, or evicted from the LRU map) has no
+// previous reading: if its total is at most the event's segments, the
+// total is all its retransmissions and counted whole; if it is more, the
+// socket retransmitted before (before the receiver started), and only the
+// event's own segments are counted when it was sent (err 0)
+// (TestRetransmitsBeforeStartNotCounted).
 //
 // The socket's series is resolved as for RTT samples (filters, group_by,
 // cgroup, index, free queue, overflow row), so a series that only
@@ -203,16 +217,12 @@ int retrans_tracepoint(void *ctx)
 	return 0;
 }
 
-// Settling at state changes. A socket's entry is made when it becomes
-// ESTABLISHED (with a total of 0: a passive socket starts with its
-// SYN-ACK retransmissions, which fire no tcp_retransmit_skb event), and
-// at each later state change of a socket with an entry the growth since
-// its last run is added, the entry dropped at TCP_CLOSE. So a socket
-// established while the program runs has all of its total_retrans
-// counted, whatever the retransmit event shows: the total is read again
-// at close(2) (ESTABLISHED -> FIN_WAIT1 or CLOSE_WAIT -> LAST_ACK) and
-// when the socket is done. Most transitions, of sockets without an entry,
-// cost one hash lookup.
+// Settling at state changes (see the top of this file). Most transitions,
+// of sockets without an entry, cost one hash lookup. On the 2-CPU 6.18
+// host the kernel was seen, about once in 4,500 retransmissions, to count
+// one in total_retrans with no run of the retransmit program after it;
+// without this program those before a socket's first event and after its
+// last were lost.
 #define TCP_ESTABLISHED 1
 #define TCP_CLOSE 7
 #define IPPROTO_TCP 6
