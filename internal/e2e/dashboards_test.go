@@ -42,6 +42,10 @@ var alertProbes = map[string][]string{
 		`instance_peer:tcp_rtt_seconds:quantile5m_median1d{quantile="0.99"}`,
 		`histogram_count(instance_peer:tcp_rtt_seconds:rate5m)`,
 	},
+	"TCPRTTPeerRetransmitting": {
+		`instance_peer:tcp_retransmits:rate5m`,
+		`histogram_count(instance_peer:tcp_rtt_seconds:rate5m)`,
+	},
 	"TCPRTTOverflowSeriesGrowing": {`sum by (job, instance) (rate(otelcol_tcprtt_samples_overflowed_total[10m]))`},
 	"TCPRTTSampleErrors":          {`sum by (job, instance) (increase(otelcol_tcprtt_samples_errors_total[10m]))`},
 	"TCPRTTRunsMissed": {
