@@ -308,7 +308,10 @@ func LossyTransfers(t testing.TB, server, client netip.Addr, conns, size int) (c
 
 // Transfer sends size bytes from c to s and one byte back, so that when
 // it returns every byte sent either way is acknowledged (nothing left to
-// retransmit while TCP_INFO is read).
+// retransmit while TCP_INFO is read): the byte back is acknowledged by a
+// last byte from c, whose own acknowledgement Transfer waits for (s may
+// delay it; a tail loss probe of that byte after TCP_INFO was read made a
+// count one more than TCP_INFO's on the arm64 6.1 VM).
 func Transfer(c, s *net.TCPConn, size int) error {
 	errc := make(chan error, 1)
 	go func() {
@@ -333,9 +336,27 @@ func Transfer(c, s *net.TCPConn, size int) error {
 		return fmt.Errorf("read the last byte: %w", err)
 	}
 	// The last byte's ACK: a round trip the server waits for.
-	_, err := c.Write(b[:])
-	if err == nil {
-		_, err = io.ReadFull(s, b[:])
+	if _, err := c.Write(b[:]); err != nil {
+		return err
 	}
-	return err
+	if _, err := io.ReadFull(s, b[:]); err != nil {
+		return err
+	}
+	return waitAcked(c)
+}
+
+// waitAcked waits until c has no segment in flight unacknowledged.
+func waitAcked(c *net.TCPConn) error {
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(time.Millisecond) {
+		ti, err := tcptest.TCPInfo(c)
+		if err != nil {
+			return err
+		}
+		if ti.Unacked == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d segments still unacknowledged after 30s", ti.Unacked)
+		}
+	}
 }
