@@ -172,6 +172,9 @@ bench:
 	     END { print "\n5. Retransmit program (tcp_retransmit_skb), per run under real loss (bpf_stats):"; \
 	           printf "   %s ns/run over %s runs per 1 MiB transfer with every 7th data segment dropped\n", ns, r; \
 	           printf "   state-change program (inet_sock_set_state): %s ns/run over %s runs per connection\n", sns, sr }' build/bench-go.txt
+	@awk '/^BenchmarkConnectionChurn\/retransmits=off/ { off = $$3 } /^BenchmarkConnectionChurn\/retransmits=on/ { on = $$3 } \
+	     END { print "\n6. A short loopback connection (dial, accept, a byte each way, close), ns/op:"; \
+	           printf "   RTT programs only %s, with the retransmit and state-change programs %s\n", off, on }' build/bench-go.txt
 
 # The cost of each part of tcprtt's per-segment path on this host, as
 # benchmark-only variants of it (bench_variant in bpf/bench.bpf.c).

@@ -224,9 +224,26 @@ int retrans_tracepoint(void *ctx)
 // without this program those before a socket's first event and after its
 // last were lost.
 #define TCP_ESTABLISHED 1
+#define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
 #define IPPROTO_TCP 6
 
+// settles reports whether a change to newstate is one the program acts
+// on: the entry is made at ESTABLISHED, settled when either end closes
+// (FIN_WAIT1, CLOSE_WAIT, LAST_ACK: close(2) and a peer's FIN) and at
+// TCP_CLOSE, which every socket reaches last (SYN_SENT -> CLOSE too).
+// The others (SYN_SENT, SYN_RECV, FIN_WAIT2, TIME_WAIT, CLOSING, LISTEN)
+// return at once: TCP_CLOSE settles what they would.
+static __always_inline bool settles(int newstate)
+{
+	return newstate == TCP_ESTABLISHED || newstate == TCP_FIN_WAIT1 || newstate == TCP_CLOSE_WAIT ||
+	       newstate == TCP_LAST_ACK || newstate == TCP_CLOSE;
+}
+
+// settle_retrans acts on a change of TCP socket sk to newstate (one that
+// settles: the callers check).
 static __always_inline int settle_retrans(struct sock *sk, int newstate, const bool btf)
 {
 	struct series_key tuple = {};
@@ -277,7 +294,7 @@ int settle_tp_btf(__u64 *ctx)
 {
 	struct sock *sk = (struct sock *)ctx[0];
 
-	if (!sk || sk->sk_protocol != IPPROTO_TCP)
+	if (!settles((int)ctx[2]) || !sk || sk->sk_protocol != IPPROTO_TCP)
 		return 0;
 	return settle_retrans(sk, (int)ctx[2], true);
 }
@@ -287,7 +304,7 @@ int settle_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 {
 	struct sock *sk = (struct sock *)ctx->args[0];
 
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!settles((int)ctx->args[2]) || !sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
 		return 0;
 	return settle_retrans(sk, (int)ctx->args[2], false);
 }
@@ -295,7 +312,7 @@ int settle_raw_tp(struct bpf_raw_tracepoint_args *ctx)
 SEC("tracepoint/sock/inet_sock_set_state")
 int settle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 {
-	if (BPF_CORE_READ(ctx, protocol) != IPPROTO_TCP)
+	if (!settles(BPF_CORE_READ(ctx, newstate)) || BPF_CORE_READ(ctx, protocol) != IPPROTO_TCP)
 		return 0;
 	return settle_retrans((struct sock *)BPF_CORE_READ(ctx, skaddr), BPF_CORE_READ(ctx, newstate), false);
 }
