@@ -283,13 +283,19 @@ func mmapArray(m *ebpf.Map) ([]byte, error) {
 }
 
 func attach(mode Mode, prog *ebpf.Program) (link.Link, error) {
+	return attachEvent(mode, prog, "tcp", "tcp_probe")
+}
+
+// attachEvent attaches prog, built for flavour mode, to the event group/name
+// (the fentry and tp_btf flavours name their target in their section).
+func attachEvent(mode Mode, prog *ebpf.Program, group, name string) (link.Link, error) {
 	switch mode {
 	case ModeFentry, ModeTpBtf:
 		return link.AttachTracing(link.TracingOptions{Program: prog})
 	case ModeRawTp:
-		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "tcp_probe", Program: prog})
+		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: name, Program: prog})
 	case ModeTracepoint:
-		l, err := link.Tracepoint("tcp", "tcp_probe", prog, nil)
+		l, err := link.Tracepoint(group, name, prog, nil)
 		if errors.Is(err, os.ErrPermission) {
 			// The event id is read from tracefs, which is root-only by
 			// default: CAP_BPF and CAP_PERFMON do not cover it.

@@ -5,12 +5,10 @@ package loader
 import (
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/btf"
-	"github.com/cilium/ebpf/link"
 
 	"github.com/tcprtt/tcprtt/bpf"
 )
@@ -113,22 +111,16 @@ func (t *Tracer) openRetransMode(mode Mode) error {
 		return explainLoad(mode, err, currentLoadEnv())
 	}
 	prog := coll.Programs[progName]
-	l, err := attachRetrans(mode, prog)
+	l, err := attachEvent(mode, prog, "tcp", "tcp_retransmit_skb")
 	if err != nil {
 		coll.Close()
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return &LoadError{Cause: CauseNoSupport, Reason: "this kernel loads but cannot attach " + RetransHook(mode), Err: err}
-		}
-		return fmt.Errorf("attach %s: %w", RetransHook(mode), err)
+		return attachError(RetransHook(mode), err)
 	}
-	settle, err := attachSettle(mode, coll.Programs[settleName])
+	settle, err := attachEvent(mode, coll.Programs[settleName], "sock", "inet_sock_set_state")
 	if err != nil {
 		l.Close()
 		coll.Close()
-		if errors.Is(err, ebpf.ErrNotSupported) {
-			return &LoadError{Cause: CauseNoSupport, Reason: "this kernel loads but cannot attach " + SettleHook(mode), Err: err}
-		}
-		return fmt.Errorf("attach %s: %w", SettleHook(mode), err)
+		return attachError(SettleHook(mode), err)
 	}
 	t.retransColl, t.retransProg, t.retransLink, t.retransMode = coll, prog, l, mode
 	t.settleProg, t.settleLink = coll.Programs[settleName], settle
@@ -163,36 +155,13 @@ func retransHasErr(kernel *btf.Spec) (bool, error) {
 	return len(proto.Params) >= 4, nil
 }
 
-func attachRetrans(mode Mode, prog *ebpf.Program) (link.Link, error) {
-	switch mode {
-	case ModeTpBtf:
-		return link.AttachTracing(link.TracingOptions{Program: prog})
-	case ModeRawTp:
-		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "tcp_retransmit_skb", Program: prog})
-	case ModeTracepoint:
-		l, err := link.Tracepoint("tcp", "tcp_retransmit_skb", prog, nil)
-		if errors.Is(err, os.ErrPermission) {
-			err = fmt.Errorf("%w (the tracepoint flavour reads tracefs, which needs CAP_DAC_READ_SEARCH or root)", err)
-		}
-		return l, err
+// attachError reports that hook did not attach; a kernel without the
+// attach type is a refusal (a *LoadError), not a failure.
+func attachError(hook string, err error) error {
+	if errors.Is(err, ebpf.ErrNotSupported) {
+		return &LoadError{Cause: CauseNoSupport, Reason: "this kernel loads but cannot attach " + hook, Err: err}
 	}
-	return nil, fmt.Errorf("unknown attach mode %q", mode)
-}
-
-func attachSettle(mode Mode, prog *ebpf.Program) (link.Link, error) {
-	switch mode {
-	case ModeTpBtf:
-		return link.AttachTracing(link.TracingOptions{Program: prog})
-	case ModeRawTp:
-		return link.AttachRawTracepoint(link.RawTracepointOptions{Name: "inet_sock_set_state", Program: prog})
-	case ModeTracepoint:
-		l, err := link.Tracepoint("sock", "inet_sock_set_state", prog, nil)
-		if errors.Is(err, os.ErrPermission) {
-			err = fmt.Errorf("%w (the tracepoint flavour reads tracefs, which needs CAP_DAC_READ_SEARCH or root)", err)
-		}
-		return l, err
-	}
-	return nil, fmt.Errorf("unknown attach mode %q", mode)
+	return fmt.Errorf("attach %s: %w", hook, err)
 }
 
 // RetransMode returns the flavour of the retransmit hook that attached,
