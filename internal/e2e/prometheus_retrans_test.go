@@ -4,7 +4,6 @@ package e2e
 
 import (
 	"fmt"
-	"io"
 	"math"
 	"net"
 	"net/netip"
@@ -146,18 +145,7 @@ func cleanExchange(server, client netip.Addr) error {
 	}
 	defer c.Close()
 	defer s.Close()
-	buf := make([]byte, 64)
-	if _, err := c.Write(buf); err != nil {
-		return err
-	}
-	if _, err := io.ReadFull(s, buf); err != nil {
-		return err
-	}
-	if _, err := s.Write(buf); err != nil {
-		return err
-	}
-	_, err = io.ReadFull(c, buf)
-	return err
+	return tcptest.Exchange(c, s, 64)
 }
 
 // waitRetransZero waits until Prometheus has a tcp.retransmits sample of

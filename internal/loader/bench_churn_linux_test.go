@@ -7,8 +7,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/tcprtt/tcprtt/internal/bucket"
-	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
@@ -19,23 +17,17 @@ import (
 // the state-change program runs about ten times per connection. The
 // sockets pass the filters (all of them do at the defaults).
 func BenchmarkConnectionChurn(b *testing.B) {
-	testenv.RequireBPF(b)
-	testenv.MountTracefs(b)
-	testenv.LockLossNets(b)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		b.Fatal(err)
-	}
+	base := lossSpec(b)
+	base.MaxSeries = 64
 	for _, retrans := range []bool{false, true} {
 		name := "retransmits=off"
 		if retrans {
 			name = "retransmits=on"
 		}
 		b.Run(name, func(b *testing.B) {
-			tr, err := Open(Spec{
-				Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 64,
-				LocalPrefixes: testenv.LossNets, Retransmits: retrans,
-			})
+			spec := base
+			spec.Retransmits = retrans
+			tr, err := Open(spec)
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -48,26 +40,16 @@ func BenchmarkConnectionChurn(b *testing.B) {
 					return
 				}
 				defer ln.Close()
-				buf := make([]byte, 1)
 				b.ResetTimer()
 				for range b.N {
 					c, s, err := tcptest.Connect(ln, testenv.LossClient4)
-					if err == nil {
-						_, err = c.Write(buf)
+					if err != nil {
+						runErr = err
+						return
 					}
-					if err == nil {
-						_, err = s.Read(buf)
-					}
-					if err == nil {
-						_, err = s.Write(buf)
-					}
-					if err == nil {
-						_, err = c.Read(buf)
-					}
-					if c != nil {
-						c.Close()
-						s.Close()
-					}
+					err = tcptest.Exchange(c, s, 1)
+					c.Close()
+					s.Close()
 					if err != nil {
 						runErr = err
 						return

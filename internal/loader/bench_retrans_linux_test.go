@@ -10,8 +10,6 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/tcprtt/tcprtt/internal/bucket"
-	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
@@ -25,22 +23,14 @@ import (
 // change on the host, a few per connection, and does work for the
 // filtered-in sockets' establishment and later changes).
 func BenchmarkRetransmitProgram(b *testing.B) {
-	testenv.RequireBPF(b)
-	testenv.MountTracefs(b)
-	testenv.LockLossNets(b)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		b.Fatal(err)
-	}
+	spec := lossSpec(b)
+	spec.MaxSeries = 64
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		b.Fatalf("enable bpf_stats: %v", err)
 	}
 	defer stats.Close()
-	tr, err := Open(Spec{
-		Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 64,
-		LocalPrefixes: testenv.LossNets, Retransmits: true,
-	})
+	tr, err := Open(spec)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"testing"
 
-	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
@@ -19,13 +18,7 @@ import (
 // (bpf/retrans.h, a first sight): the series' count is the growth of
 // their tcpi_total_retrans from the load on, exactly, not their total.
 func TestRetransmitsBeforeStartNotCounted(t *testing.T) {
-	testenv.RequireBPF(t)
-	testenv.MountTracefs(t)
-	testenv.LockLossNets(t)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	spec := lossSpec(t)
 	testenv.DropEveryNth(t, 7)
 	server, client := testenv.LossServer4, testenv.LossClient4
 	var errs []error
@@ -75,10 +68,7 @@ func TestRetransmitsBeforeStartNotCounted(t *testing.T) {
 		}
 		transfers() // retransmits before the program is loaded
 		before = totals()
-		tr, err := Open(Spec{
-			Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 8,
-			LocalPrefixes: testenv.LossNets, Retransmits: true,
-		})
+		tr, err := Open(spec)
 		if err != nil {
 			fail(err)
 			return

@@ -9,7 +9,6 @@ import (
 	"github.com/cilium/ebpf"
 	"golang.org/x/sys/unix"
 
-	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/testenv"
 )
@@ -20,13 +19,7 @@ import (
 // tcpi_total_retrans, exactly, in every flavour of the hook this kernel
 // takes, IPv4 and IPv6; the program's runs all end in one place.
 func TestRetransmitsEqualTCPInfo(t *testing.T) {
-	testenv.RequireBPF(t)
-	testenv.MountTracefs(t)
-	testenv.LockLossNets(t)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := lossSpec(t)
 	stats, err := ebpf.EnableStats(uint32(unix.BPF_STATS_RUN_TIME))
 	if err != nil {
 		t.Fatalf("enable bpf_stats (run counts): %v", err)
@@ -34,10 +27,9 @@ func TestRetransmitsEqualTCPInfo(t *testing.T) {
 	defer stats.Close()
 	for _, mode := range RetransOrder {
 		t.Run(string(mode), func(t *testing.T) {
-			tr, err := Open(Spec{
-				Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 8,
-				LocalPrefixes: testenv.LossNets, Retransmits: true, RetransMode: mode,
-			})
+			spec := base
+			spec.RetransMode = mode
+			tr, err := Open(spec)
 			if err != nil {
 				if refusal, ok := retransRefusal(err); ok {
 					t.Skipf("this kernel refuses %s: %v", RetransHook(mode), refusal)

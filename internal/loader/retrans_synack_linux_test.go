@@ -13,7 +13,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/tcprtt/tcprtt/internal/bucket"
 	"github.com/tcprtt/tcprtt/internal/kmaps"
 	"github.com/tcprtt/tcprtt/internal/tcptest"
 	"github.com/tcprtt/tcprtt/internal/testenv"
@@ -27,20 +26,13 @@ import (
 // listener defers accepting a bare ACK (TCP_DEFER_ACCEPT, 1 s), so its
 // request times out once and sends its SYN-ACK again: no loss needed.
 func TestRetransmitsSynAckCounted(t *testing.T) {
-	testenv.RequireBPF(t)
-	testenv.MountTracefs(t)
-	testenv.LockLossNets(t)
-	table, err := bucket.NewTable(3, bucket.Microseconds)
-	if err != nil {
-		t.Fatal(err)
-	}
+	base := lossSpec(t)
 	server, client := testenv.LossServer4, testenv.LossClient4
 	for _, mode := range RetransOrder {
 		t.Run(string(mode), func(t *testing.T) {
-			tr, err := Open(Spec{
-				Mode: ModeAuto, GroupBy: kmaps.GroupRemoteAddress, Table: table, MaxSeries: 8,
-				LocalPrefixes: testenv.LossNets, Retransmits: true, RetransMode: mode,
-			})
+			spec := base
+			spec.RetransMode = mode
+			tr, err := Open(spec)
 			if err != nil {
 				if refusal, ok := retransRefusal(err); ok {
 					t.Skipf("this kernel refuses %s: %v", RetransHook(mode), refusal)
@@ -110,17 +102,7 @@ func deferredAccept(server, client netip.Addr) (serverTotal, clientTotal uint32,
 	}
 	defer c.Close()
 	defer s.Close()
-	buf := []byte{1}
-	if _, err := c.Write(buf); err != nil {
-		return 0, 0, err
-	}
-	if _, err := s.Read(buf); err != nil {
-		return 0, 0, err
-	}
-	if _, err := s.Write(buf); err != nil {
-		return 0, 0, err
-	}
-	if _, err := c.Read(buf); err != nil {
+	if err := tcptest.Exchange(c, s, 1); err != nil {
 		return 0, 0, err
 	}
 	si, serr := tcptest.TCPInfo(s)

@@ -166,6 +166,21 @@ func Echo(c io.ReadWriter, size int) {
 	}
 }
 
+// Exchange sends size bytes from c to s and size bytes back, reading each
+// whole on the other end, without a testing.TB (see Connect).
+func Exchange(c, s *net.TCPConn, size int) error {
+	buf := make([]byte, size)
+	for _, dir := range [][2]*net.TCPConn{{c, s}, {s, c}} {
+		if _, err := dir[0].Write(buf); err != nil {
+			return fmt.Errorf("write: %w", err)
+		}
+		if _, err := io.ReadFull(dir[1], buf); err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+	}
+	return nil
+}
+
 // RoundTrip sends buf on c and reads the answer of the same size into it.
 func RoundTrip(c io.ReadWriter, buf []byte) error {
 	if _, err := c.Write(buf); err != nil {
