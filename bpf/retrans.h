@@ -117,6 +117,26 @@ static __always_inline void count_rstat(__u32 which)
 		*v += 1; // per-CPU: no atomic needed
 }
 
+// reading_of is the entry of a socket with this tuple whose total_retrans
+// is total.
+static __always_inline struct retrans_seen reading_of(const struct series_key *tuple, __u32 total)
+{
+	struct retrans_seen r = {
+		.total = total,
+		.ports = (__u32)tuple->local_port << 16 | tuple->remote_port,
+		.addr = *(const __u32 *)&tuple->remote_addr[12],
+	};
+
+	return r;
+}
+
+// grew_from reports whether now continues the reading seen: the same
+// socket (not a later one at the same address) with a total not reset.
+static __always_inline bool grew_from(const struct retrans_seen *seen, const struct retrans_seen *now)
+{
+	return seen->ports == now->ports && seen->addr == now->addr && now->total >= seen->total;
+}
+
 // retrans_growth is what sk's total_retrans (now total) grew by since
 // the program's previous run on it, and records total for the next run.
 // The socket's lock is held around the event, so runs on one socket never
@@ -124,15 +144,11 @@ static __always_inline void count_rstat(__u32 which)
 static __always_inline __u32 retrans_growth(struct sock *sk, const struct series_key *tuple,
 					    __u32 total, __u16 segs, int err)
 {
-	struct retrans_seen now = {
-		.total = total,
-		.ports = (__u32)tuple->local_port << 16 | tuple->remote_port,
-		.addr = *(const __u32 *)&tuple->remote_addr[12],
-	};
+	struct retrans_seen now = reading_of(tuple, total);
 	__u64 key = (__u64)sk;
 	struct retrans_seen *seen = bpf_map_lookup_elem(&retrans_seen, &key);
 
-	if (seen && seen->ports == now.ports && seen->addr == now.addr && total >= seen->total) {
+	if (seen && grew_from(seen, &now)) {
 		__u32 grown = total - seen->total;
 
 		seen->total = total;
@@ -247,7 +263,7 @@ static __always_inline bool settles(int newstate)
 static __always_inline int settle_retrans(struct sock *sk, int newstate, const bool btf)
 {
 	struct series_key tuple = {};
-	struct retrans_seen *seen, now = {};
+	struct retrans_seen *seen, now;
 	__u64 key = (__u64)sk;
 	__u32 total = 0, slot, grown;
 	__u64 *n;
@@ -257,11 +273,11 @@ static __always_inline int settle_retrans(struct sock *sk, int newstate, const b
 		return 0;
 	if (!read_tuple(sk, btf, &tuple) || BPF_CORE_READ_INTO(&total, (struct tcp_sock *)sk, total_retrans))
 		return 0; // the next retransmit event settles it
-	now.ports = (__u32)tuple.local_port << 16 | tuple.remote_port;
-	now.addr = *(const __u32 *)&tuple.remote_addr[12];
-	if (!seen || seen->ports != now.ports || seen->addr != now.addr || total < seen->total) {
+	now = reading_of(&tuple, total);
+	if (!seen || !grew_from(seen, &now)) {
 		// A new connection (or another socket's stale entry at this
 		// address): counted from 0 if it passes the filters.
+		now.total = 0;
 		if (newstate == TCP_ESTABLISHED && tuple_allowed(&tuple))
 			bpf_map_update_elem(&retrans_seen, &key, &now, BPF_ANY);
 		else if (seen)
